@@ -1,0 +1,403 @@
+//! Stage two: validated domain types. Everything here is checked; code that holds a
+//! `Config` never re-validates it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this was loaded from (absolute when loaded through `load`).
+    pub path: PathBuf,
+    pub supervisor: Supervisor,
+    /// Services by name, in name order.
+    pub services: BTreeMap<String, Service>,
+    pub backup: Option<Backup>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Supervisor {
+    pub project: String,
+    pub health_listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub admin_socket: PathBuf,
+    pub env_file: Option<PathBuf>,
+    pub on_stop: OnStop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStop {
+    /// Leave containers running when berth stops (the default): restarting berth
+    /// restarts nothing.
+    Leave,
+    /// Stop containers in reverse dependency order.
+    Stop,
+}
+
+/// A value from the file after `${VAR}` interpolation. `secret` is true when any part came
+/// from a variable; such values are never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Value {
+    pub template: String,
+    pub value: String,
+    pub secret: bool,
+}
+
+impl Value {
+    pub fn plain(s: &str) -> Self {
+        Value {
+            template: s.to_string(),
+            value: s.to_string(),
+            secret: false,
+        }
+    }
+
+    /// What may be shown to a person: the template for secrets (`${VAR}` references), the
+    /// value otherwise.
+    pub fn display(&self) -> &str {
+        if self.secret {
+            &self.template
+        } else {
+            &self.value
+        }
+    }
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.display())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub image: String,
+    pub command: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub user: Option<String>,
+    pub env: BTreeMap<String, Value>,
+    pub volumes: Vec<VolumeMount>,
+    pub ports: Vec<PortMapping>,
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids_limit: Option<i64>,
+    pub read_only: bool,
+    pub tmpfs: Vec<String>,
+    pub stop_grace_period: Duration,
+    pub depends_on: Vec<String>,
+    pub probe: Option<Probe>,
+    pub restart: RestartPolicy,
+    pub logs: Logs,
+    pub deploy: Deploy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeSource {
+    /// A named volume, created by berth as `<project>-<name>`.
+    Named(String),
+    /// A host path (absolute after loading: relative paths are resolved against the file).
+    Bind(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    pub source: VolumeSource,
+    pub target: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMapping {
+    pub host_ip: IpAddr,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    pub kind: ProbeKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub failures: u32,
+    /// How long a starting container may take to pass its first probe.
+    pub start_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeKind {
+    Postgres {
+        user: String,
+        database: String,
+        password: Option<Value>,
+        port: u16,
+    },
+    Redis {
+        password: Option<Value>,
+        port: u16,
+    },
+    Http {
+        port: u16,
+        path: String,
+    },
+    Tcp {
+        port: u16,
+    },
+    Exec {
+        command: Vec<String>,
+    },
+}
+
+impl ProbeKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProbeKind::Postgres { .. } => "postgres",
+            ProbeKind::Redis { .. } => "redis",
+            ProbeKind::Http { .. } => "http",
+            ProbeKind::Tcp { .. } => "tcp",
+            ProbeKind::Exec { .. } => "exec",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub reset_after: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            reset_after: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Logs {
+    pub max_size: u64,
+    pub max_files: u32,
+}
+
+impl Default for Logs {
+    fn default() -> Self {
+        Logs {
+            max_size: 10 * 1024 * 1024,
+            max_files: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rollback {
+    Auto,
+    Manual,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Stop the old container before starting the new one: never two pollers.
+    StopFirst,
+    /// Start the new one first, for services that tolerate overlap.
+    StartFirst,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deploy {
+    pub migrate: Option<Vec<String>>,
+    pub health_timeout: Duration,
+    pub rollback: Rollback,
+    pub strategy: Strategy,
+    pub restore_db_on_rollback: bool,
+}
+
+impl Default for Deploy {
+    fn default() -> Self {
+        Deploy {
+            migrate: None,
+            health_timeout: Duration::from_secs(60),
+            rollback: Rollback::Auto,
+            strategy: Strategy::StopFirst,
+            restore_db_on_rollback: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schedule {
+    /// Every day at this local time.
+    Daily { hour: u8, minute: u8 },
+    /// A five-field cron expression.
+    Cron(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    None,
+    /// `pg_restore --list` on the file.
+    List,
+    /// A full restore into a scratch database.
+    Restore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    pub daily: u32,
+    pub weekly: u32,
+    pub monthly: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backup {
+    pub service: String,
+    pub schedule: Schedule,
+    pub dir: PathBuf,
+    pub keep: Keep,
+    pub verify: Verify,
+    pub database: String,
+    pub user: String,
+    pub redis: bool,
+}
+
+impl Config {
+    /// Names of services in start order: every service after all it depends on; ties by
+    /// name. Validation guarantees there is no cycle.
+    pub fn start_order(&self) -> Vec<String> {
+        let mut done: Vec<String> = Vec::new();
+        while done.len() < self.services.len() {
+            let before = done.len();
+            for (name, svc) in &self.services {
+                if !done.contains(name) && svc.depends_on.iter().all(|d| done.contains(d)) {
+                    done.push(name.clone());
+                }
+            }
+            if done.len() == before {
+                break; // unreachable for a validated config
+            }
+        }
+        done
+    }
+
+    pub fn network_name(&self) -> String {
+        self.supervisor.project.clone()
+    }
+
+    pub fn container_name(&self, service: &str) -> String {
+        format!("{}-{}", self.supervisor.project, service)
+    }
+
+    pub fn volume_name(&self, volume: &str) -> String {
+        format!("{}-{}", self.supervisor.project, volume)
+    }
+
+    /// Named volumes used by any service, by their engine name.
+    pub fn volume_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .services
+            .values()
+            .flat_map(|s| s.volumes.iter())
+            .filter_map(|v| match &v.source {
+                VolumeSource::Named(n) => Some(self.volume_name(n)),
+                VolumeSource::Bind(_) => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+impl Service {
+    /// Hash of everything that shapes the container (not probes, restarts or deploy
+    /// settings, which berth applies from outside). Secret values enter only through the
+    /// SHA-256, so the label leaks nothing. Fields at their defaults are left out, so
+    /// adding a field in a later berth version does not recreate every container.
+    pub fn spec_hash(&self) -> String {
+        let mut s = String::new();
+        let mut field = |k: &str, v: String| {
+            let _ = writeln!(s, "{k}={v}");
+        };
+        field("image", self.image.clone());
+        if let Some(c) = &self.command {
+            field("command", format!("{c:?}"));
+        }
+        if let Some(e) = &self.entrypoint {
+            field("entrypoint", format!("{e:?}"));
+        }
+        if let Some(u) = &self.user {
+            field("user", u.clone());
+        }
+        for (k, v) in &self.env {
+            field(&format!("env.{k}"), format!("{:?}", v.value));
+        }
+        for v in &self.volumes {
+            field("volume", format!("{v:?}"));
+        }
+        for p in &self.ports {
+            field("port", format!("{p:?}"));
+        }
+        if let Some(m) = self.memory {
+            field("memory", m.to_string());
+        }
+        if let Some(c) = self.cpus {
+            field("cpus", c.to_string());
+        }
+        if let Some(p) = self.pids_limit {
+            field("pids_limit", p.to_string());
+        }
+        if self.read_only {
+            field("read_only", "true".into());
+        }
+        for t in &self.tmpfs {
+            field("tmpfs", t.clone());
+        }
+        field(
+            "stop_grace_period",
+            self.stop_grace_period.as_millis().to_string(),
+        );
+        if self.logs != Logs::default() {
+            field("logs", format!("{:?}", self.logs));
+        }
+        let digest = Sha256::digest(s.as_bytes());
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Environment variables as `KEY=VALUE` for the engine.
+    pub fn env_list(&self) -> Vec<String> {
+        self.env
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.value))
+            .collect()
+    }
+
+    /// Every secret value this service holds, for redaction.
+    pub fn secrets(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self
+            .env
+            .values()
+            .filter(|v| v.secret)
+            .map(|v| v.value.as_str())
+            .collect();
+        if let Some(p) = &self.probe {
+            match &p.kind {
+                ProbeKind::Postgres {
+                    password: Some(v), ..
+                }
+                | ProbeKind::Redis {
+                    password: Some(v), ..
+                } if v.secret => out.push(v.value.as_str()),
+                _ => {}
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,808 @@
+//! Raw → domain. Every check pushes an error and carries on, so one run reports everything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::de::{DeTable, DeValue};
+
+use crate::env::{interpolate, parse_env_file};
+use crate::error::{ConfigError, ConfigErrors, Locator};
+use crate::model::*;
+use crate::raw::*;
+use crate::resolve_path;
+
+struct Ctx<'a> {
+    loc: Locator<'a>,
+    errors: Vec<ConfigError>,
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    env_vars: BTreeMap<String, String>,
+    /// The env file could not be used: missing `${VAR}`s would only repeat that error.
+    env_file_failed: bool,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, span: &Range<usize>, msg: impl Into<String>) {
+        let e = self.loc.span(span, msg);
+        self.errors.push(e);
+    }
+
+    fn var(&self, name: &str) -> Option<String> {
+        self.env_vars
+            .get(name)
+            .cloned()
+            .or_else(|| (self.lookup)(name))
+    }
+
+    fn value(&mut self, key: &str, v: &S<String>) -> Value {
+        let lookup = |k: &str| self.var(k);
+        match interpolate(v.get_ref(), &lookup) {
+            Ok(i) => Value {
+                template: v.get_ref().clone(),
+                value: i.value,
+                secret: !i.vars.is_empty(),
+            },
+            Err(msgs) => {
+                let quiet = self.env_file_failed;
+                for m in msgs.into_iter().filter(|_| !quiet) {
+                    self.err(&v.span(), format!("{key}: {m}"));
+                }
+                Value::plain(v.get_ref())
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, v: &Option<S<String>>, default: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        match humantime::parse_duration(v.get_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.err(
+                    &v.span(),
+                    format!(
+                        "{key}: invalid duration {:?} ({e}); write e.g. \"10s\", \"5m\", \"100ms\"",
+                        v.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn size(&mut self, key: &str, v: &S<SizeValue>) -> Option<u64> {
+        match v.get_ref() {
+            SizeValue::Bytes(b) => Some(*b),
+            SizeValue::Text(t) => match t.trim().parse::<bytesize::ByteSize>() {
+                Ok(b) => Some(b.as_u64()),
+                Err(e) => {
+                    self.err(
+                        &v.span(),
+                        format!("{key}: invalid size {t:?} ({e}); write e.g. \"512MiB\""),
+                    );
+                    None
+                }
+            },
+        }
+    }
+}
+
+pub(crate) fn parse(
+    path: &Path,
+    src: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    read_env_file: bool,
+) -> Result<Config, ConfigErrors> {
+    let loc = Locator { file: path, src };
+    let raw = parse_raw(&loc, src)?;
+    let mut cx = Ctx {
+        loc,
+        errors: Vec::new(),
+        lookup,
+        env_vars: BTreeMap::new(),
+        env_file_failed: false,
+    };
+    let supervisor = supervisor(&mut cx, path, &raw.supervisor, read_env_file);
+    let names: BTreeSet<String> = raw.services.keys().cloned().collect();
+    let mut services = BTreeMap::new();
+    for (name, svc) in &raw.services {
+        if let Some(s) = service(&mut cx, path, name, svc, &names) {
+            services.insert(name.clone(), s);
+        }
+    }
+    check_cycles(&mut cx, &raw.services);
+    let backup = raw
+        .backup
+        .as_ref()
+        .and_then(|b| backup(&mut cx, path, b, &supervisor, &services));
+    if cx.errors.is_empty() {
+        Ok(Config {
+            path: path.to_path_buf(),
+            supervisor,
+            services,
+            backup,
+        })
+    } else {
+        cx.errors.sort_by_key(|e| (e.file.clone(), e.line, e.col));
+        cx.errors.dedup();
+        Err(ConfigErrors(cx.errors))
+    }
+}
+
+/// Syntax, types and unknown keys. A syntax or type error stops here (serde can only
+/// report one); unknown keys are all collected.
+fn parse_raw(loc: &Locator<'_>, src: &str) -> Result<RawConfig, ConfigErrors> {
+    let one = |e: toml::de::Error| {
+        let at = e.span().map_or(0, |s| s.start);
+        ConfigErrors(vec![loc.at(at, e.message().trim().to_string())])
+    };
+    let de = toml::Deserializer::parse(src).map_err(one)?;
+    let mut unknown: Vec<Vec<String>> = Vec::new();
+    let raw: RawConfig = serde_ignored::deserialize(de, |p| unknown.push(path_segments(&p)))
+        .map_err(one)?;
+    if unknown.is_empty() {
+        return Ok(raw);
+    }
+    let doc = DeTable::parse(src).map_err(one)?;
+    let mut errors: Vec<ConfigError> = unknown
+        .iter()
+        .map(|segs| {
+            let at = locate_key(doc.get_ref(), segs).unwrap_or(0);
+            loc.at(at, format!("unknown key `{}`", segs.join(".")))
+        })
+        .collect();
+    errors.sort_by_key(|e| (e.line, e.col));
+    Err(ConfigErrors(errors))
+}
+
+fn path_segments(p: &serde_ignored::Path<'_>) -> Vec<String> {
+    use serde_ignored::Path as P;
+    let mut out = match p {
+        P::Root => return Vec::new(),
+        P::Seq { parent, .. }
+        | P::Map { parent, .. }
+        | P::Some { parent }
+        | P::NewtypeStruct { parent }
+        | P::NewtypeVariant { parent } => path_segments(parent),
+    };
+    match p {
+        P::Map { key, .. } if !key.starts_with("$__") => out.push(key.clone()),
+        P::Seq { index, .. } => out.push(index.to_string()),
+        _ => {}
+    }
+    out
+}
+
+/// Byte offset of the key at `segs` in the document, for unknown-key errors.
+fn locate_key(table: &DeTable<'_>, segs: &[String]) -> Option<usize> {
+    let (first, rest) = segs.split_first()?;
+    let (k, v) = table.iter().find(|(k, _)| k.get_ref().as_ref() == first.as_str())?;
+    if rest.is_empty() {
+        return Some(k.span().start);
+    }
+    locate_in_value(v.get_ref(), rest).or(Some(k.span().start))
+}
+
+fn locate_in_value(v: &DeValue<'_>, segs: &[String]) -> Option<usize> {
+    match v {
+        DeValue::Table(t) => locate_key(t, segs),
+        DeValue::Array(a) => {
+            let (first, rest) = segs.split_first()?;
+            let item = a.iter().nth(first.parse().ok()?)?;
+            if rest.is_empty() {
+                Some(item.span().start)
+            } else {
+                locate_in_value(item.get_ref(), rest)
+            }
+        }
+        _ => None,
+    }
+}
+
+fn supervisor(cx: &mut Ctx<'_>, path: &Path, raw: &S<RawSupervisor>, read_env: bool) -> Supervisor {
+    let r = raw.get_ref();
+    let project = r.project.get_ref().clone();
+    if !is_name(&project) {
+        cx.err(
+            &r.project.span(),
+            format!(
+                "supervisor.project: {project:?} is not a valid name: use lowercase letters, digits, '-' and '_', starting with a letter or digit"
+            ),
+        );
+    }
+    let default_listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7878);
+    let health_listen = match &r.health_listen {
+        None => default_listen,
+        Some(s) => match s.get_ref().parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_loopback() => a,
+            Ok(a) => {
+                cx.err(
+                    &s.span(),
+                    format!(
+                        "supervisor.health_listen: {a} is not a loopback address; /health and /metrics are served on 127.0.0.1 only"
+                    ),
+                );
+                default_listen
+            }
+            Err(_) => {
+                cx.err(
+                    &s.span(),
+                    format!(
+                        "supervisor.health_listen: {:?} is not an address; write e.g. \"127.0.0.1:7878\"",
+                        s.get_ref()
+                    ),
+                );
+                default_listen
+            }
+        },
+    };
+    let path_or = |v: &Option<S<String>>, default: &str| {
+        v.as_ref()
+            .map_or_else(|| PathBuf::from(default), |s| resolve_path(path, s.get_ref()))
+    };
+    let state_dir = path_or(&r.state_dir, "/var/lib/berth");
+    let admin_socket = path_or(&r.admin_socket, "/run/berth/admin.sock");
+    let env_file = r.env_file.as_ref().map(|s| {
+        let p = resolve_path(path, s.get_ref());
+        if read_env {
+            read_env_file(cx, s, &p);
+        }
+        p
+    });
+    let on_stop = match r.on_stop.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+        None | Some(("leave", _)) => OnStop::Leave,
+        Some(("stop", _)) => OnStop::Stop,
+        Some((other, span)) => {
+            cx.err(
+                &span,
+                format!("supervisor.on_stop: {other:?} is not one of \"leave\", \"stop\""),
+            );
+            OnStop::Leave
+        }
+    };
+    Supervisor {
+        project,
+        health_listen,
+        state_dir,
+        admin_socket,
+        env_file,
+        on_stop,
+    }
+}
+
+fn read_env_file(cx: &mut Ctx<'_>, key: &S<String>, p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    cx.env_file_failed = true; // until it has been read
+    let meta = match std::fs::metadata(p) {
+        Ok(m) => m,
+        Err(e) => {
+            cx.err(
+                &key.span(),
+                format!("supervisor.env_file: cannot read {}: {e}", p.display()),
+            );
+            return;
+        }
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        cx.err(
+            &key.span(),
+            format!(
+                "supervisor.env_file: {} holds secrets but is readable by group or others (mode {mode:04o}); run: chmod 600 {}",
+                p.display(),
+                p.display()
+            ),
+        );
+        return;
+    }
+    match std::fs::read_to_string(p) {
+        Ok(text) => match parse_env_file(p, &text) {
+            Ok(vars) => {
+                cx.env_vars = vars;
+                cx.env_file_failed = false;
+            }
+            Err(errs) => cx.errors.extend(errs),
+        },
+        Err(e) => cx.err(
+            &key.span(),
+            format!("supervisor.env_file: cannot read {}: {e}", p.display()),
+        ),
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+fn service(
+    cx: &mut Ctx<'_>,
+    path: &Path,
+    n: &String,
+    raw: &S<RawService>,
+    names: &BTreeSet<String>,
+) -> Option<Service> {
+    let r = raw.get_ref();
+    let key = |k: &str| format!("services.{n}.{k}");
+    if !is_name(n) {
+        cx.err(
+            &raw.span(),
+            format!(
+                "services.{n}: not a valid service name: use lowercase letters, digits, '-' and '_'"
+            ),
+        );
+    }
+    if r.image.get_ref().trim().is_empty() {
+        cx.err(&r.image.span(), format!("{}: must not be empty", key("image")));
+    }
+    let mut env = BTreeMap::new();
+    for (k, v) in &r.env {
+        env.insert(k.clone(), cx.value(&key(&format!("env.{k}")), v));
+    }
+    let volumes = r
+        .volumes
+        .iter()
+        .filter_map(|v| volume(cx, path, &key("volumes"), v))
+        .collect();
+    let ports = r
+        .ports
+        .iter()
+        .filter_map(|p| port(cx, &key("ports"), p))
+        .collect();
+    let memory = r.memory.as_ref().and_then(|m| cx.size(&key("memory"), m));
+    if let Some(c) = &r.cpus
+        && !(*c.get_ref() > 0.0 && c.get_ref().is_finite())
+    {
+        cx.err(&c.span(), format!("{}: must be a positive number", key("cpus")));
+    }
+    if let Some(p) = &r.pids_limit
+        && *p.get_ref() <= 0
+    {
+        cx.err(&p.span(), format!("{}: must be positive", key("pids_limit")));
+    }
+    for t in &r.tmpfs {
+        if !t.get_ref().starts_with('/') {
+            cx.err(&t.span(), format!("{}: {:?} must be an absolute path", key("tmpfs"), t.get_ref()));
+        }
+    }
+    let stop_grace_period = cx.duration(
+        &key("stop_grace_period"),
+        &r.stop_grace_period,
+        Duration::from_secs(10),
+    );
+    let mut depends_on = Vec::new();
+    for d in &r.depends_on {
+        if d.get_ref() == n {
+            cx.err(&d.span(), format!("{}: a service cannot depend on itself", key("depends_on")));
+        } else if !names.contains(d.get_ref()) {
+            cx.err(
+                &d.span(),
+                format!(
+                    "{}: unknown service {:?} (services: {})",
+                    key("depends_on"),
+                    d.get_ref(),
+                    names.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        } else {
+            depends_on.push(d.get_ref().clone());
+        }
+    }
+    let probe = r.probe.as_ref().and_then(|p| probe(cx, n, p));
+    let restart = r.restart.as_ref().map_or_else(RestartPolicy::default, |rr| {
+        let d = RestartPolicy::default();
+        RestartPolicy {
+            initial_backoff: cx.duration(&key("restart.initial_backoff"), &rr.initial_backoff, d.initial_backoff),
+            max_backoff: cx.duration(&key("restart.max_backoff"), &rr.max_backoff, d.max_backoff),
+            reset_after: cx.duration(&key("restart.reset_after"), &rr.reset_after, d.reset_after),
+        }
+    });
+    let logs = r.logs.as_ref().map_or_else(Logs::default, |l| {
+        let d = Logs::default();
+        Logs {
+            max_size: l
+                .max_size
+                .as_ref()
+                .and_then(|s| cx.size(&key("logs.max_size"), s))
+                .unwrap_or(d.max_size),
+            max_files: l.max_files.as_ref().map_or(d.max_files, |f| {
+                if *f.get_ref() == 0 {
+                    cx.err(&f.span(), format!("{}: must be at least 1", key("logs.max_files")));
+                }
+                *f.get_ref()
+            }),
+        }
+    });
+    let deploy = r.deploy.as_ref().map_or_else(Deploy::default, |d| deploy(cx, n, d));
+    Some(Service {
+        name: n.clone(),
+        image: r.image.get_ref().clone(),
+        command: r.command.as_ref().map(|c| c.iter().map(|s| s.get_ref().clone()).collect()),
+        entrypoint: r
+            .entrypoint
+            .as_ref()
+            .map(|c| c.iter().map(|s| s.get_ref().clone()).collect()),
+        user: r.user.as_ref().map(|u| u.get_ref().clone()),
+        env,
+        volumes,
+        ports,
+        memory,
+        cpus: r.cpus.as_ref().map(|c| *c.get_ref()),
+        pids_limit: r.pids_limit.as_ref().map(|p| *p.get_ref()),
+        read_only: r.read_only.unwrap_or(false),
+        tmpfs: r.tmpfs.iter().map(|t| t.get_ref().clone()).collect(),
+        stop_grace_period,
+        depends_on,
+        probe,
+        restart,
+        logs,
+        deploy,
+    })
+}
+
+fn volume(cx: &mut Ctx<'_>, path: &Path, key: &str, v: &S<String>) -> Option<VolumeMount> {
+    let parts: Vec<&str> = v.get_ref().split(':').collect();
+    let (src, target, mode) = match parts.as_slice() {
+        [s, t] => (*s, *t, None),
+        [s, t, m] => (*s, *t, Some(*m)),
+        _ => {
+            cx.err(
+                &v.span(),
+                format!("{key}: {:?} is not SOURCE:TARGET[:ro]", v.get_ref()),
+            );
+            return None;
+        }
+    };
+    let read_only = match mode {
+        None | Some("rw") => false,
+        Some("ro") => true,
+        Some(m) => {
+            cx.err(&v.span(), format!("{key}: unknown mode {m:?}: use \"ro\" or \"rw\""));
+            false
+        }
+    };
+    if !target.starts_with('/') {
+        cx.err(&v.span(), format!("{key}: target {target:?} must be an absolute path"));
+        return None;
+    }
+    let source = if src.starts_with('/') || src.starts_with('.') {
+        VolumeSource::Bind(resolve_path(path, src))
+    } else if is_name(src) {
+        VolumeSource::Named(src.to_string())
+    } else {
+        cx.err(
+            &v.span(),
+            format!(
+                "{key}: {src:?} is neither a volume name nor a path (start host paths with / or ./)"
+            ),
+        );
+        return None;
+    };
+    Some(VolumeMount {
+        source,
+        target: target.to_string(),
+        read_only,
+    })
+}
+
+/// `[IP:]HOST:CONTAINER[/PROTO]`. Without IP the port is published on 127.0.0.1 only;
+/// any other address must be written out as a literal IP.
+fn port(cx: &mut Ctx<'_>, key: &str, v: &S<String>) -> Option<PortMapping> {
+    let text = v.get_ref();
+    let (spec, protocol) = match text.split_once('/') {
+        Some((s, p)) if p == "tcp" || p == "udp" => (s, p.to_string()),
+        Some((_, p)) => {
+            cx.err(&v.span(), format!("{key}: unknown protocol {p:?}: use tcp or udp"));
+            return None;
+        }
+        None => (text.as_str(), "tcp".to_string()),
+    };
+    // The container port is after the last ':', the host port before it, the address
+    // (possibly IPv6 in brackets) before that.
+    let bad = |cx: &mut Ctx<'_>| {
+        cx.err(
+            &v.span(),
+            format!("{key}: {text:?} is not [IP:]HOST_PORT:CONTAINER_PORT, e.g. \"127.0.0.1:8080:80\""),
+        );
+    };
+    let Some((rest, container)) = spec.rsplit_once(':') else {
+        bad(cx);
+        return None;
+    };
+    let (ip_text, host) = match rest.rsplit_once(':') {
+        Some((ip, h)) => (Some(ip), h),
+        None => (None, rest),
+    };
+    let (Ok(host_port), Ok(container_port)) = (host.parse::<u16>(), container.parse::<u16>())
+    else {
+        bad(cx);
+        return None;
+    };
+    let host_ip = match ip_text {
+        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Some(ip) => match ip.trim_matches(['[', ']']).parse::<IpAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                cx.err(
+                    &v.span(),
+                    format!(
+                        "{key}: {ip:?} is not an IP address; berth publishes on 127.0.0.1 unless an entry names another address as a literal IP"
+                    ),
+                );
+                return None;
+            }
+        },
+    };
+    Some(PortMapping {
+        host_ip,
+        host_port,
+        container_port,
+        protocol,
+    })
+}
+
+fn probe(cx: &mut Ctx<'_>, svc: &str, raw: &S<RawProbe>) -> Option<Probe> {
+    let r = raw.get_ref();
+    let key = |k: &str| format!("services.{svc}.probe{k}");
+    let mut kinds = Vec::new();
+    if let Some(p) = &r.postgres {
+        kinds.push(ProbeKind::Postgres {
+            user: p.user.as_ref().map_or("postgres".into(), |u| u.get_ref().clone()),
+            database: p
+                .database
+                .as_ref()
+                .or(p.user.as_ref())
+                .map_or("postgres".into(), |d| d.get_ref().clone()),
+            password: p.password.as_ref().map(|v| cx.value(&key(".postgres.password"), v)),
+            port: p.port.unwrap_or(5432),
+        });
+    }
+    if let Some(p) = &r.redis {
+        kinds.push(ProbeKind::Redis {
+            password: p.password.as_ref().map(|v| cx.value(&key(".redis.password"), v)),
+            port: p.port.unwrap_or(6379),
+        });
+    }
+    if let Some(p) = &r.http {
+        let path = p.path.clone().unwrap_or_else(|| "/".into());
+        if !path.starts_with('/') {
+            cx.err(&raw.span(), format!("{}: must start with /", key(".http.path")));
+        }
+        kinds.push(ProbeKind::Http { port: p.port, path });
+    }
+    if let Some(p) = &r.tcp {
+        kinds.push(ProbeKind::Tcp { port: p.port });
+    }
+    if let Some(p) = &r.exec {
+        if p.command.is_empty() {
+            cx.err(&raw.span(), format!("{}: must not be empty", key(".exec.command")));
+        }
+        kinds.push(ProbeKind::Exec {
+            command: p.command.clone(),
+        });
+    }
+    if kinds.len() != 1 {
+        cx.err(
+            &raw.span(),
+            format!(
+                "{}: give exactly one of postgres, redis, http, tcp, exec (found {})",
+                key(""),
+                kinds.len()
+            ),
+        );
+        return None;
+    }
+    let interval = cx.duration(&key(".interval"), &r.interval, Duration::from_secs(10));
+    let timeout = cx.duration(&key(".timeout"), &r.timeout, Duration::from_secs(3));
+    let start_timeout = cx.duration(&key(".start_timeout"), &r.start_timeout, Duration::from_secs(120));
+    let failures = r.failures.as_ref().map_or(3, |f| {
+        if *f.get_ref() == 0 {
+            cx.err(&f.span(), format!("{}: must be at least 1", key(".failures")));
+        }
+        *f.get_ref()
+    });
+    for (k, d, s) in [
+        ("interval", interval, &r.interval),
+        ("timeout", timeout, &r.timeout),
+    ] {
+        if d.is_zero()
+            && let Some(s) = s
+        {
+            cx.err(&s.span(), format!("{}: must be more than zero", key(&format!(".{k}"))));
+        }
+    }
+    Some(Probe {
+        kind: kinds.remove(0),
+        interval,
+        timeout,
+        failures,
+        start_timeout,
+    })
+}
+
+fn deploy(cx: &mut Ctx<'_>, svc: &str, d: &RawDeploy) -> Deploy {
+    let key = |k: &str| format!("services.{svc}.deploy.{k}");
+    let def = Deploy::default();
+    let rollback = match d.rollback.as_ref() {
+        None => def.rollback,
+        Some(s) => match s.get_ref().as_str() {
+            "auto" => Rollback::Auto,
+            "manual" => Rollback::Manual,
+            other => {
+                cx.err(&s.span(), format!("{}: {other:?} is not one of \"auto\", \"manual\"", key("rollback")));
+                def.rollback
+            }
+        },
+    };
+    let strategy = match d.strategy.as_ref() {
+        None => def.strategy,
+        Some(s) => match s.get_ref().as_str() {
+            "stop-first" => Strategy::StopFirst,
+            "start-first" => Strategy::StartFirst,
+            other => {
+                cx.err(
+                    &s.span(),
+                    format!("{}: {other:?} is not one of \"stop-first\", \"start-first\"", key("strategy")),
+                );
+                def.strategy
+            }
+        },
+    };
+    Deploy {
+        migrate: d.migrate.clone().filter(|m| !m.is_empty()),
+        health_timeout: cx.duration(&key("health_timeout"), &d.health_timeout, def.health_timeout),
+        rollback,
+        strategy,
+        restore_db_on_rollback: d.restore_db_on_rollback.unwrap_or(false),
+    }
+}
+
+fn check_cycles(cx: &mut Ctx<'_>, services: &BTreeMap<String, S<RawService>>) {
+    let deps: BTreeMap<&str, Vec<&S<String>>> = services
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.get_ref().depends_on.iter().collect()))
+        .collect();
+    // Colour-marking DFS; report each cycle once, at the edge that closes it.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Visiting,
+        Done,
+    }
+    fn visit<'a>(
+        n: &'a str,
+        deps: &BTreeMap<&'a str, Vec<&'a S<String>>>,
+        marks: &mut BTreeMap<&'a str, Mark>,
+        stack: &mut Vec<&'a str>,
+        found: &mut Vec<(Range<usize>, String)>,
+    ) {
+        marks.insert(n, Mark::Visiting);
+        stack.push(n);
+        for d in deps.get(n).into_iter().flatten() {
+            let dn = d.get_ref().as_str();
+            if !deps.contains_key(dn) || dn == n {
+                continue; // reported as unknown / self dependency
+            }
+            match marks.get(dn) {
+                Some(Mark::Visiting) => {
+                    let start = stack.iter().position(|s| *s == dn).unwrap_or(0);
+                    let mut cycle: Vec<&str> = stack[start..].to_vec();
+                    cycle.push(dn);
+                    found.push((d.span(), cycle.join(" -> ")));
+                }
+                Some(Mark::Done) => {}
+                None => visit(dn, deps, marks, stack, found),
+            }
+        }
+        stack.pop();
+        marks.insert(n, Mark::Done);
+    }
+    let mut marks = BTreeMap::new();
+    let mut found = Vec::new();
+    for n in deps.keys() {
+        if !marks.contains_key(n) {
+            visit(n, &deps, &mut marks, &mut Vec::new(), &mut found);
+        }
+    }
+    for (span, cycle) in found {
+        let svc = cycle.split(" -> ").next().unwrap_or_default().to_string();
+        cx.err(&span, format!("services.{svc}.depends_on: dependency cycle {cycle}"));
+    }
+}
+
+fn backup(
+    cx: &mut Ctx<'_>,
+    path: &Path,
+    raw: &S<RawBackup>,
+    sup: &Supervisor,
+    services: &BTreeMap<String, Service>,
+) -> Option<Backup> {
+    let r = raw.get_ref();
+    let svc = r.service.get_ref();
+    let target = services.get(svc);
+    if target.is_none() {
+        cx.err(&r.service.span(), format!("backup.service: unknown service {svc:?}"));
+    }
+    let env_of = |k: &str| target.and_then(|s| s.env.get(k)).map(|v| v.value.clone());
+    let schedule = match &r.schedule {
+        None => Schedule::Daily { hour: 3, minute: 30 },
+        Some(s) => match parse_schedule(s.get_ref()) {
+            Ok(sch) => sch,
+            Err(m) => {
+                cx.err(&s.span(), format!("backup.schedule: {m}"));
+                Schedule::Daily { hour: 3, minute: 30 }
+            }
+        },
+    };
+    let verify = match r.verify.as_ref().map(|v| (v.get_ref(), v.span())) {
+        None | Some((VerifyValue::Flag(true), _)) => Verify::List,
+        Some((VerifyValue::Flag(false), _)) => Verify::None,
+        Some((VerifyValue::Mode(m), span)) => match m.as_str() {
+            "list" => Verify::List,
+            "restore" => Verify::Restore,
+            "none" => Verify::None,
+            other => {
+                cx.err(
+                    &span,
+                    format!("backup.verify: {other:?} is not one of true, false, \"list\", \"restore\""),
+                );
+                Verify::List
+            }
+        },
+    };
+    let keep = r.keep.as_ref();
+    let user = r
+        .user
+        .clone()
+        .or_else(|| env_of("POSTGRES_USER"))
+        .unwrap_or_else(|| "postgres".into());
+    Some(Backup {
+        service: svc.clone(),
+        schedule,
+        dir: r
+            .dir
+            .as_ref()
+            .map_or_else(|| sup.state_dir.join("backups"), |d| resolve_path(path, d.get_ref())),
+        keep: Keep {
+            daily: keep.and_then(|k| k.daily).unwrap_or(7),
+            weekly: keep.and_then(|k| k.weekly).unwrap_or(4),
+            monthly: keep.and_then(|k| k.monthly).unwrap_or(6),
+        },
+        verify,
+        database: r
+            .database
+            .clone()
+            .or_else(|| env_of("POSTGRES_DB"))
+            .unwrap_or_else(|| user.clone()),
+        user,
+        redis: r.redis.unwrap_or(false),
+    })
+}
+
+/// `HH:MM` daily, or a five-field cron expression (fields checked for shape here; the
+/// scheduler evaluates them).
+pub(crate) fn parse_schedule(s: &str) -> Result<Schedule, String> {
+    if let Some((h, m)) = s.split_once(':')
+        && !s.contains(' ')
+    {
+        return match (h.parse::<u8>(), m.parse::<u8>()) {
+            (Ok(hour), Ok(minute)) if hour < 24 && minute < 60 && m.len() == 2 => {
+                Ok(Schedule::Daily { hour, minute })
+            }
+            _ => Err(format!("{s:?} is not a time of day HH:MM (00:00 to 23:59)")),
+        };
+    }
+    let fields: Vec<&str> = s.split_whitespace().collect();
+    let ok_chars = |f: &str| f.chars().all(|c| c.is_ascii_alphanumeric() || ",-*/".contains(c));
+    if fields.len() == 5 && fields.iter().all(|f| ok_chars(f)) {
+        Ok(Schedule::Cron(fields.join(" ")))
+    } else {
+        Err(format!(
+            "{s:?} is neither HH:MM nor a five-field cron expression like \"30 3 * * *\""
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

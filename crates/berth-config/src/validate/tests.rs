@@ -1,0 +1,268 @@
+use super::*;
+
+const GOOD: &str = r#"
+[supervisor]
+project = "tgtg"
+health_listen = "127.0.0.1:7878"
+state_dir = "state"
+
+[services.postgres]
+image = "postgres:16"
+env = { POSTGRES_USER = "bot", POSTGRES_DB = "bot", POSTGRES_PASSWORD = "${PG_PASS}" }
+volumes = ["pgdata:/var/lib/postgresql/data"]
+memory = "512MiB"
+cpus = 1.0
+stop_grace_period = "30s"
+probe = { postgres = { user = "bot", database = "bot", password = "${PG_PASS}" }, interval = "10s", timeout = "3s", failures = 3 }
+
+[services.redis]
+image = "redis:7"
+command = ["redis-server", "/usr/local/etc/redis/redis.conf"]
+volumes = ["redisdata:/data", "./redis/redis.conf:/usr/local/etc/redis/redis.conf:ro"]
+probe = { redis = {} }
+
+[services.bot]
+image = "bot:1"
+depends_on = ["postgres", "redis"]
+env = { DATABASE_URL = "postgresql://bot:${PG_PASS}@postgres:5432/bot" }
+read_only = true
+tmpfs = ["/tmp"]
+ports = ["8000:8000"]
+probe = { http = { port = 8000, path = "/health" } }
+logs = { max_size = "10MiB", max_files = 5 }
+deploy = { migrate = ["bot", "migrate"], health_timeout = "60s" }
+
+[backup]
+service = "postgres"
+schedule = "03:30"
+keep = { daily = 7, weekly = 4, monthly = 6 }
+"#;
+
+fn vars(k: &str) -> Option<String> {
+    (k == "PG_PASS").then(|| "hunter2".to_string())
+}
+
+fn parse_ok(src: &str) -> Config {
+    match parse(Path::new("/etc/berth/berth.toml"), src, &vars, false) {
+        Ok(c) => c,
+        Err(e) => panic!("expected valid config, got:\n{e}"),
+    }
+}
+
+/// Parses `src` and returns every error as `FILE:LINE:COL: message`.
+fn errors(src: &str) -> Vec<String> {
+    match parse(Path::new("b.toml"), src, &vars, false) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+/// GOOD with `from` replaced by `to` (which must occur).
+fn good_with(from: &str, to: &str) -> String {
+    assert!(GOOD.contains(from), "fixture lacks {from:?}");
+    GOOD.replacen(from, to, 1)
+}
+
+fn line_of(src: &str, needle: &str) -> usize {
+    src.lines().position(|l| l.contains(needle)).expect("needle") + 1
+}
+
+#[test]
+fn good_config_parses_with_defaults() {
+    let c = parse_ok(GOOD);
+    assert_eq!(c.supervisor.project, "tgtg");
+    assert_eq!(c.supervisor.state_dir, PathBuf::from("/etc/berth/state"));
+    assert_eq!(c.supervisor.on_stop, OnStop::Leave);
+    assert_eq!(c.start_order(), vec!["postgres", "redis", "bot"]);
+    let pg = &c.services["postgres"];
+    assert_eq!(pg.memory, Some(512 * 1024 * 1024));
+    assert_eq!(pg.stop_grace_period, Duration::from_secs(30));
+    assert_eq!(pg.env["POSTGRES_PASSWORD"].value, "hunter2");
+    assert!(pg.env["POSTGRES_PASSWORD"].secret);
+    assert_eq!(pg.env["POSTGRES_PASSWORD"].display(), "${PG_PASS}");
+    assert!(!pg.env["POSTGRES_USER"].secret);
+    let redis = &c.services["redis"];
+    assert_eq!(
+        redis.volumes[1].source,
+        VolumeSource::Bind(PathBuf::from("/etc/berth/redis/redis.conf"))
+    );
+    assert!(redis.volumes[1].read_only);
+    let bot = &c.services["bot"];
+    assert_eq!(bot.restart, RestartPolicy::default());
+    assert_eq!(bot.ports[0].host_ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    assert_eq!(bot.deploy.strategy, Strategy::StopFirst);
+    let b = c.backup.clone().expect("backup");
+    assert_eq!(b.database, "bot");
+    assert_eq!(b.user, "bot");
+    assert_eq!(b.dir, PathBuf::from("/etc/berth/state/backups"));
+    assert_eq!(b.schedule, Schedule::Daily { hour: 3, minute: 30 });
+    assert_eq!(c.volume_names(), vec!["tgtg-pgdata", "tgtg-redisdata"]);
+}
+
+#[test]
+fn secrets_are_not_in_debug_output() {
+    let c = parse_ok(GOOD);
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains("hunter2"), "{dbg}");
+    assert!(c.services["postgres"].secrets().contains(&"hunter2"));
+}
+
+#[test]
+fn unknown_keys_are_all_reported_with_location() {
+    let src = good_with("read_only = true", "read_only = true\nreadonly = true")
+        .replace("[backup]\n", "[backup]\nretain = 3\n");
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    let l1 = line_of(&src, "readonly = true");
+    let l2 = line_of(&src, "retain = 3");
+    assert_eq!(errs[0], format!("b.toml:{l1}:1: unknown key `services.bot.readonly`"));
+    assert_eq!(errs[1], format!("b.toml:{l2}:1: unknown key `backup.retain`"));
+}
+
+#[test]
+fn unknown_key_in_inline_table_points_at_it() {
+    let src = good_with("probe = { redis = {} }", "probe = { redis = {}, intervall = \"5s\" }");
+    let errs = errors(&src);
+    let l = line_of(&src, "intervall");
+    let col = src.lines().nth(l - 1).unwrap().find("intervall").unwrap() + 1;
+    assert_eq!(
+        errs,
+        vec![format!("b.toml:{l}:{col}: unknown key `services.redis.probe.intervall`")]
+    );
+}
+
+#[test]
+fn syntax_error_has_location() {
+    let errs = errors("[supervisor]\nproject = = \"x\"\n");
+    assert!(errs[0].starts_with("b.toml:2:"), "{errs:?}");
+}
+
+#[test]
+fn type_error_has_location() {
+    let src = good_with("cpus = 1.0", "cpus = \"lots\"");
+    let errs = errors(&src);
+    let l = line_of(&src, "cpus = \"lots\"");
+    assert!(errs[0].starts_with(&format!("b.toml:{l}:")), "{errs:?}");
+}
+
+#[test]
+fn bad_duration_and_size_are_both_reported() {
+    let src = good_with("stop_grace_period = \"30s\"", "stop_grace_period = \"30 parsecs\"")
+        .replacen("memory = \"512MiB\"", "memory = \"lots\"", 1);
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    let lm = line_of(&src, "memory = \"lots\"");
+    let ld = line_of(&src, "30 parsecs");
+    assert!(errs[0].starts_with(&format!("b.toml:{lm}:10: services.postgres.memory: invalid size")), "{errs:?}");
+    assert!(errs[1].starts_with(&format!("b.toml:{ld}:21: services.postgres.stop_grace_period: invalid duration")), "{errs:?}");
+}
+
+#[test]
+fn unknown_depends_on() {
+    let src = good_with("depends_on = [\"postgres\", \"redis\"]", "depends_on = [\"postgres\", \"rediss\"]");
+    let errs = errors(&src);
+    let l = line_of(&src, "rediss");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with(&format!("b.toml:{l}:27: services.bot.depends_on: unknown service \"rediss\"")), "{errs:?}");
+}
+
+#[test]
+fn dependency_cycle() {
+    let src = good_with("image = \"redis:7\"", "image = \"redis:7\"\ndepends_on = [\"bot\"]");
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].contains("dependency cycle"), "{errs:?}");
+    assert!(errs[0].contains("bot -> redis -> bot") || errs[0].contains("redis -> bot -> redis"), "{errs:?}");
+}
+
+#[test]
+fn self_dependency() {
+    let src = good_with("image = \"redis:7\"", "image = \"redis:7\"\ndepends_on = [\"redis\"]");
+    assert!(errors(&src)[0].contains("cannot depend on itself"));
+}
+
+#[test]
+fn non_loopback_health_listen() {
+    let src = good_with("127.0.0.1:7878", "0.0.0.0:7878");
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("b.toml:4:17: supervisor.health_listen: 0.0.0.0:7878 is not a loopback address"), "{errs:?}");
+}
+
+#[test]
+fn missing_variable() {
+    let src = good_with("${PG_PASS}@postgres", "${NOT_SET}@postgres");
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].contains("services.bot.env.DATABASE_URL: ${NOT_SET} is not set"), "{errs:?}");
+    assert!(!errs[0].contains("hunter2"));
+}
+
+#[test]
+fn ports_default_to_loopback_and_need_literal_ip() {
+    let c = parse_ok(&good_with("\"8000:8000\"", "\"0.0.0.0:8000:8000\""));
+    assert_eq!(c.services["bot"].ports[0].host_ip.to_string(), "0.0.0.0");
+    let errs = errors(&good_with("\"8000:8000\"", "\"myhost:8000:8000\""));
+    assert!(errs[0].contains("is not an IP address"), "{errs:?}");
+    let errs = errors(&good_with("\"8000:8000\"", "\":8000:8000\""));
+    assert!(errs[0].contains("is not an IP address"), "{errs:?}");
+    let errs = errors(&good_with("\"8000:8000\"", "\"8000\""));
+    assert!(errs[0].contains("is not [IP:]HOST_PORT:CONTAINER_PORT"), "{errs:?}");
+}
+
+#[test]
+fn probe_needs_exactly_one_kind() {
+    let errs = errors(&good_with("probe = { redis = {} }", "probe = { interval = \"1s\" }"));
+    assert!(errs[0].contains("give exactly one of"), "{errs:?}");
+}
+
+#[test]
+fn bad_schedule() {
+    let errs = errors(&good_with("\"03:30\"", "\"25:00\""));
+    assert!(errs[0].contains("backup.schedule"), "{errs:?}");
+    let c = parse_ok(&good_with("\"03:30\"", "\"30 3 * * 1-5\""));
+    assert_eq!(c.backup.unwrap().schedule, Schedule::Cron("30 3 * * 1-5".into()));
+}
+
+#[test]
+fn env_file_must_be_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = dir.path().join("berth.env");
+    std::fs::write(&env, "PG_PASS=fromfile\n").expect("write");
+    std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let cfg = dir.path().join("berth.toml");
+    let src = good_with("state_dir = \"state\"", "state_dir = \"state\"\nenv_file = \"berth.env\"");
+    std::fs::write(&cfg, &src).expect("write");
+    let errs = crate::load(&cfg).expect_err("0644 env file");
+    let l = line_of(&src, "env_file");
+    assert_eq!(errs.0.len(), 1, "{errs}");
+    assert_eq!((errs.0[0].line, errs.0[0].col), (l, 12));
+    assert!(errs.0[0].message.contains("readable by group or others (mode 0644)"));
+
+    std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let c = crate::load(&cfg).expect("valid");
+    assert_eq!(c.services["postgres"].env["POSTGRES_PASSWORD"].value, "fromfile");
+}
+
+#[test]
+fn spec_hash_tracks_container_shape_only() {
+    let c = parse_ok(GOOD);
+    let bot = c.services["bot"].clone();
+    let h = bot.spec_hash();
+    assert_eq!(h.len(), 16);
+    let mut other = bot.clone();
+    other.image = "bot:2".into();
+    assert_ne!(other.spec_hash(), h);
+    let mut other = bot.clone();
+    other.env.insert("X".into(), Value::plain("1"));
+    assert_ne!(other.spec_hash(), h);
+    let mut other = bot.clone();
+    other.probe = None;
+    other.deploy.health_timeout = Duration::from_secs(1);
+    assert_eq!(other.spec_hash(), h, "probe and deploy settings do not shape the container");
+    // A changed secret changes the hash, but the hash does not contain it.
+    let c2 = parse(Path::new("/etc/berth/berth.toml"), GOOD, &|_| Some("other".into()), false)
+        .expect("valid");
+    assert_ne!(c2.services["bot"].spec_hash(), h);
+}

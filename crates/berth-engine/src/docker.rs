@@ -1,0 +1,475 @@
+//! [`Engine`] over the Docker API with bollard. Works with Docker 20.10 (API 1.41) and
+//! newer engines: the client negotiates down to the server's API version.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, HostConfigLogConfig, NetworkCreateRequest,
+    NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
+    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use futures::stream::{BoxStream, StreamExt};
+
+use crate::{
+    ContainerDetails, ContainerSpec, ContainerSummary, Engine, EngineError, Event, ExecStream,
+    Output, Result,
+};
+
+/// Docker over its unix socket.
+#[derive(Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+}
+
+impl DockerEngine {
+    /// Connects to `socket` (e.g. `/var/run/docker.sock`) and negotiates the API version.
+    pub async fn connect(socket: &str) -> Result<Self> {
+        let docker = Docker::connect_with_socket(socket, 120, bollard::API_DEFAULT_VERSION)
+            .map_err(|e| EngineError::Unreachable(format!("{socket}: {e}")))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| EngineError::Unreachable(format!("{socket}: {e}")))?;
+        Ok(DockerEngine { docker })
+    }
+
+    /// The socket named by `DOCKER_HOST=unix://…`, else `/var/run/docker.sock`.
+    pub fn default_socket() -> String {
+        std::env::var("DOCKER_HOST")
+            .ok()
+            .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+            .unwrap_or_else(|| "/var/run/docker.sock".to_string())
+    }
+}
+
+/// Maps a bollard error, naming the object the call was about.
+fn err(what: impl Into<String>) -> impl FnOnce(BollardError) -> EngineError {
+    let what = what.into();
+    move |e| match e {
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        } => EngineError::NotFound { what },
+        BollardError::DockerResponseServerError { message, .. } => {
+            EngineError::Api { what, message }
+        }
+        other => {
+            let message = other.to_string();
+            if is_connection_error(&other) {
+                EngineError::Unreachable(format!("{what}: {message}"))
+            } else {
+                EngineError::Api { what, message }
+            }
+        }
+    }
+}
+
+fn is_connection_error(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::IOError { .. }
+            | BollardError::HyperResponseError { .. }
+            | BollardError::HyperLegacyError { .. }
+            | BollardError::SocketNotFoundError(_)
+            | BollardError::RequestTimeoutError
+    )
+}
+
+fn label_filter(label: &str, value: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([("label".to_string(), vec![format!("{label}={value}")])])
+}
+
+fn to_btree(m: Option<HashMap<String, String>>) -> BTreeMap<String, String> {
+    m.unwrap_or_default().into_iter().collect()
+}
+
+#[async_trait]
+impl Engine for DockerEngine {
+    async fn ping(&self) -> Result<()> {
+        self.docker.ping().await.map_err(err("ping")).map(|_| ())
+    }
+
+    async fn networks(&self, label: &str, value: &str) -> Result<BTreeSet<String>> {
+        let opts = ListNetworksOptionsBuilder::new()
+            .filters(&label_filter(label, value))
+            .build();
+        let nets = self
+            .docker
+            .list_networks(Some(opts))
+            .await
+            .map_err(err("list networks"))?;
+        Ok(nets.into_iter().filter_map(|n| n.name).collect())
+    }
+
+    async fn create_network(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<()> {
+        let req = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".into()),
+            labels: Some(labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        self.docker
+            .create_network(req)
+            .await
+            .map_err(err(format!("create network {name}")))?;
+        Ok(())
+    }
+
+    async fn volumes(&self, label: &str, value: &str) -> Result<BTreeSet<String>> {
+        let opts = ListVolumesOptionsBuilder::new()
+            .filters(&label_filter(label, value))
+            .build();
+        let vols = self
+            .docker
+            .list_volumes(Some(opts))
+            .await
+            .map_err(err("list volumes"))?;
+        Ok(vols
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect())
+    }
+
+    async fn create_volume(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<()> {
+        let req = VolumeCreateRequest {
+            name: Some(name.to_string()),
+            labels: Some(labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        self.docker
+            .create_volume(req)
+            .await
+            .map_err(err(format!("create volume {name}")))?;
+        Ok(())
+    }
+
+    async fn containers(&self, label: &str, value: &str) -> Result<Vec<ContainerSummary>> {
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&label_filter(label, value))
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(err("list containers"))?;
+        Ok(list
+            .into_iter()
+            .map(|c| ContainerSummary {
+                id: c.id.unwrap_or_default(),
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_default(),
+                image: c.image.unwrap_or_default(),
+                labels: to_btree(c.labels),
+                running: c
+                    .state
+                    .is_some_and(|s| s.to_string().eq_ignore_ascii_case("running")),
+            })
+            .collect())
+    }
+
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<String> {
+        let mut port_bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+        for p in &spec.ports {
+            port_bindings
+                .entry(format!("{}/{}", p.container_port, p.protocol))
+                .or_insert_with(|| Some(Vec::new()))
+                .get_or_insert_with(Vec::new)
+                .push(PortBinding {
+                    host_ip: Some(p.host_ip.to_string()),
+                    host_port: Some(if p.host_port == 0 {
+                        String::new()
+                    } else {
+                        p.host_port.to_string()
+                    }),
+                });
+        }
+        let exposed: Vec<String> = port_bindings.keys().cloned().collect();
+        let mut log_opts = HashMap::new();
+        if let Some(s) = spec.log_max_size {
+            log_opts.insert("max-size".to_string(), s.to_string());
+        }
+        if let Some(n) = spec.log_max_files {
+            log_opts.insert("max-file".to_string(), n.to_string());
+        }
+        let host_config = HostConfig {
+            binds: Some(spec.binds.clone()),
+            port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+            memory: spec.memory_bytes,
+            // No swap beyond the memory limit: a limit that can spill to swap is no limit.
+            memory_swap: spec.memory_bytes,
+            nano_cpus: spec.nano_cpus,
+            pids_limit: spec.pids_limit,
+            readonly_rootfs: Some(spec.read_only),
+            tmpfs: (!spec.tmpfs.is_empty())
+                .then(|| spec.tmpfs.clone().into_iter().collect::<HashMap<_, _>>()),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".into()),
+                config: Some(log_opts),
+            }),
+            // berth owns restarts; Docker's own policy would race it.
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            network_mode: spec.network.as_ref().map(|(n, _)| n.clone()),
+            init: Some(true),
+            ..Default::default()
+        };
+        let networking_config = spec.network.as_ref().map(|(net, aliases)| NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                net.clone(),
+                EndpointSettings {
+                    aliases: Some(aliases.clone()),
+                    ..Default::default()
+                },
+            )])),
+        });
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: spec.cmd.clone(),
+            entrypoint: spec.entrypoint.clone(),
+            user: spec.user.clone(),
+            env: Some(spec.env.clone()),
+            labels: Some(spec.labels.clone().into_iter().collect()),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            stop_timeout: spec.stop_timeout.map(|d| d.as_secs() as i64),
+            host_config: Some(host_config),
+            networking_config,
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::new().name(&spec.name).build();
+        let resp = self
+            .docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(err(format!("create container {}", spec.name)))?;
+        Ok(resp.id)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<()> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(err(format!("start container {id}")))
+    }
+
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<()> {
+        let opts = StopContainerOptionsBuilder::new()
+            .t(grace.as_secs().min(i32::MAX as u64) as i32)
+            .build();
+        match self.docker.stop_container(id, Some(opts)).await {
+            // 304: already stopped.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            r => r.map_err(err(format!("stop container {id}"))),
+        }
+    }
+
+    async fn remove_container(&self, id: &str, force: bool) -> Result<()> {
+        let opts = RemoveContainerOptionsBuilder::new().force(force).build();
+        self.docker
+            .remove_container(id, Some(opts))
+            .await
+            .map_err(err(format!("remove container {id}")))
+    }
+
+    async fn rename_container(&self, id: &str, new_name: &str) -> Result<()> {
+        let opts = RenameContainerOptionsBuilder::new().name(new_name).build();
+        self.docker
+            .rename_container(id, opts)
+            .await
+            .map_err(err(format!("rename container {id}")))
+    }
+
+    async fn inspect_container(&self, id: &str) -> Result<ContainerDetails> {
+        let c = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(err(format!("container {id}")))?;
+        let state = c.state.unwrap_or_default();
+        let config = c.config.unwrap_or_default();
+        let net = c.network_settings.unwrap_or_default();
+        let ips = net
+            .networks
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(name, ep)| {
+                let ip = ep.ip_address?.parse().ok()?;
+                Some((name, ip))
+            })
+            .collect();
+        let mut published = Vec::new();
+        for (cport, bindings) in net.ports.unwrap_or_default() {
+            for b in bindings.unwrap_or_default() {
+                published.push((
+                    b.host_ip.unwrap_or_default(),
+                    b.host_port.unwrap_or_default(),
+                    cport.clone(),
+                ));
+            }
+        }
+        published.sort();
+        Ok(ContainerDetails {
+            id: c.id.unwrap_or_default(),
+            name: c
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
+            image: config.image.unwrap_or_default(),
+            labels: to_btree(config.labels),
+            running: state.running.unwrap_or(false),
+            status: state.status.map(|s| s.to_string()).unwrap_or_default(),
+            exit_code: state.exit_code,
+            oom_killed: state.oom_killed.unwrap_or(false),
+            pid: state.pid.filter(|p| *p > 0),
+            started_at: state.started_at,
+            finished_at: state.finished_at,
+            ips,
+            restart_policy: c
+                .host_config
+                .and_then(|h| h.restart_policy)
+                .and_then(|r| r.name)
+                .map(|n| n.to_string()),
+            published,
+        })
+    }
+
+    async fn image_exists(&self, image: &str) -> Result<bool> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(err(format!("image {image}"))(e)),
+        }
+    }
+
+    fn events(&self, label: &str, value: &str) -> BoxStream<'static, Result<Event>> {
+        let mut filters = label_filter(label, value);
+        filters.insert("type".into(), vec!["container".into()]);
+        let opts = EventsOptionsBuilder::new().filters(&filters).build();
+        self.docker
+            .events(Some(opts))
+            .map(|r| {
+                let m = r.map_err(err("event stream"))?;
+                let actor = m.actor.unwrap_or_default();
+                let labels = to_btree(actor.attributes);
+                // Health events arrive as "health_status: healthy"; keep the verb.
+                let action = m.action.unwrap_or_default();
+                Ok(Event {
+                    container_id: actor.id.unwrap_or_default(),
+                    exit_code: labels.get("exitCode").and_then(|c| c.parse().ok()),
+                    action,
+                    labels,
+                    time_nanos: m.time_nano.unwrap_or_default(),
+                })
+            })
+            .boxed()
+    }
+
+    async fn exec_stream(&self, id: &str, cmd: &[String]) -> Result<ExecStream> {
+        let opts = CreateExecOptions {
+            cmd: Some(cmd.to_vec()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            ..Default::default()
+        };
+        let what = format!("exec in {id}");
+        let created = self
+            .docker
+            .create_exec(id, opts)
+            .await
+            .map_err(err(what.clone()))?;
+        let started = self
+            .docker
+            .start_exec(&created.id, None)
+            .await
+            .map_err(err(what.clone()))?;
+        let output = match started {
+            StartExecResults::Attached { output, .. } => output
+                .filter_map(move |r| {
+                    let what = what.clone();
+                    async move {
+                        match r {
+                            Ok(bollard::container::LogOutput::StdOut { message }) => {
+                                Some(Ok(Output::Stdout(message.to_vec())))
+                            }
+                            Ok(bollard::container::LogOutput::StdErr { message }) => {
+                                Some(Ok(Output::Stderr(message.to_vec())))
+                            }
+                            Ok(bollard::container::LogOutput::Console { message }) => {
+                                Some(Ok(Output::Stdout(message.to_vec())))
+                            }
+                            Ok(bollard::container::LogOutput::StdIn { .. }) => None,
+                            Err(e) => Some(Err(err(what)(e))),
+                        }
+                    }
+                })
+                .boxed(),
+            StartExecResults::Detached => futures::stream::empty().boxed(),
+        };
+        Ok(ExecStream {
+            exec_id: created.id,
+            output,
+        })
+    }
+
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<i64> {
+        // The output stream can end a moment before the engine records the exit code.
+        for _ in 0..100 {
+            let r = self
+                .docker
+                .inspect_exec(exec_id)
+                .await
+                .map_err(err(format!("exec {exec_id}")))?;
+            if r.running != Some(true) {
+                return Ok(r.exit_code.unwrap_or(-1));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(EngineError::Api {
+            what: format!("exec {exec_id}"),
+            message: "still running after its output ended".into(),
+        })
+    }
+
+    fn logs(&self, id: &str, tail: Option<u64>, follow: bool) -> BoxStream<'static, Result<Output>> {
+        let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
+        let opts = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .follow(follow)
+            .tail(&tail)
+            .build();
+        let what = format!("logs of {id}");
+        self.docker
+            .logs(id, Some(opts))
+            .map(move |r| match r {
+                Ok(bollard::container::LogOutput::StdErr { message }) => {
+                    Ok(Output::Stderr(message.to_vec()))
+                }
+                Ok(o) => Ok(Output::Stdout(o.into_bytes().to_vec())),
+                Err(e) => Err(err(what.clone())(e)),
+            })
+            .boxed()
+    }
+}

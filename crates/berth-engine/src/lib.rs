@@ -1,0 +1,193 @@
+//! The container engine behind a small trait. [`Engine`] speaks berth's own types;
+//! [`DockerEngine`] implements it with bollard.
+//!
+//! Architecture invariant: this is the only crate that imports bollard. Nothing outside
+//! it sees a bollard type.
+
+mod docker;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+pub use docker::DockerEngine;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("docker engine unreachable: {0}")]
+    Unreachable(String),
+    #[error("{what}: not found")]
+    NotFound { what: String },
+    #[error("{what}: {message}")]
+    Api { what: String, message: String },
+}
+
+impl EngineError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, EngineError::NotFound { .. })
+    }
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, EngineError::Unreachable(_))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// Everything needed to create one container.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub cmd: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub user: Option<String>,
+    pub env: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Network to join, with the aliases other containers reach this one by.
+    pub network: Option<(String, Vec<String>)>,
+    /// `SOURCE:TARGET[:ro]`, SOURCE a volume name or an absolute host path.
+    pub binds: Vec<String>,
+    pub ports: Vec<Port>,
+    pub memory_bytes: Option<i64>,
+    pub nano_cpus: Option<i64>,
+    pub pids_limit: Option<i64>,
+    pub read_only: bool,
+    /// Mount point → options (e.g. `rw,noexec,nosuid,size=64m`).
+    pub tmpfs: BTreeMap<String, String>,
+    pub log_max_size: Option<u64>,
+    pub log_max_files: Option<u32>,
+    pub stop_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    pub host_ip: IpAddr,
+    /// 0 lets the engine choose.
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: String,
+}
+
+/// A container as listed (cheap, no inspect).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSummary {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    pub running: bool,
+}
+
+/// A container as inspected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerDetails {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    pub running: bool,
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+    pub pid: Option<i64>,
+    /// RFC 3339, as the engine reports it.
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// IP address on each network, by network name.
+    pub ips: BTreeMap<String, IpAddr>,
+    pub restart_policy: Option<String>,
+    /// Published ports: (host ip, host port, container port/proto).
+    pub published: Vec<(String, String, String)>,
+}
+
+/// A container event from the engine's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub container_id: String,
+    /// `start`, `die`, `oom`, `stop`, `kill`, `destroy`, ...
+    pub action: String,
+    pub labels: BTreeMap<String, String>,
+    /// Exit code for `die`.
+    pub exit_code: Option<i64>,
+    pub time_nanos: i64,
+}
+
+/// A chunk of output from an exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+}
+
+/// A running exec: its output, and its id to ask for the exit code once the output ends.
+pub struct ExecStream {
+    pub exec_id: String,
+    pub output: BoxStream<'static, Result<Output>>,
+}
+
+/// Collected result of a short exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecResult {
+    pub exit_code: i64,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Succeeds when the engine answers.
+    async fn ping(&self) -> Result<()>;
+    /// Names of networks carrying `label=value`.
+    async fn networks(&self, label: &str, value: &str) -> Result<BTreeSet<String>>;
+    async fn create_network(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<()>;
+    /// Names of volumes carrying `label=value`.
+    async fn volumes(&self, label: &str, value: &str) -> Result<BTreeSet<String>>;
+    async fn create_volume(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<()>;
+    /// All containers (running or not) carrying `label=value`.
+    async fn containers(&self, label: &str, value: &str) -> Result<Vec<ContainerSummary>>;
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<String>;
+    async fn start_container(&self, id: &str) -> Result<()>;
+    /// SIGTERM, then SIGKILL after `grace`.
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<()>;
+    /// Removes a stopped (or, with `force`, running) container.
+    async fn remove_container(&self, id: &str, force: bool) -> Result<()>;
+    async fn rename_container(&self, id: &str, new_name: &str) -> Result<()>;
+    async fn inspect_container(&self, id: &str) -> Result<ContainerDetails>;
+    async fn image_exists(&self, image: &str) -> Result<bool>;
+    /// Container events for containers carrying `label=value`, as they happen. The stream
+    /// ends (or yields an error) when the engine connection is lost.
+    fn events(&self, label: &str, value: &str) -> BoxStream<'static, Result<Event>>;
+    /// Runs `cmd` in a running container, streaming its output.
+    async fn exec_stream(&self, id: &str, cmd: &[String]) -> Result<ExecStream>;
+    /// Exit code of a finished exec (waits briefly if it is still finishing).
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<i64>;
+    /// Container logs: the last `tail` lines (all if None), then new lines if `follow`.
+    fn logs(
+        &self,
+        id: &str,
+        tail: Option<u64>,
+        follow: bool,
+    ) -> BoxStream<'static, Result<Output>>;
+
+    /// Runs `cmd` and collects its output. For short commands only (probes, checks).
+    async fn exec(&self, id: &str, cmd: &[String]) -> Result<ExecResult> {
+        use futures::StreamExt;
+        let mut s = self.exec_stream(id, cmd).await?;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(chunk) = s.output.next().await {
+            match chunk? {
+                Output::Stdout(b) => stdout.extend(b),
+                Output::Stderr(b) => stderr.extend(b),
+            }
+        }
+        let exit_code = self.exec_exit_code(&s.exec_id).await?;
+        Ok(ExecResult {
+            exit_code,
+            stdout,
+            stderr,
+        })
+    }
+}

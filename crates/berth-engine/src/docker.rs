@@ -111,6 +111,16 @@ impl Engine for DockerEngine {
     }
 
     async fn create_network(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<()> {
+        // Docker 20.10 allows two networks with one name; never make a second one.
+        let by_name = HashMap::from([("name".to_string(), vec![name.to_string()])]);
+        let existing = self
+            .docker
+            .list_networks(Some(ListNetworksOptionsBuilder::new().filters(&by_name).build()))
+            .await
+            .map_err(err("list networks"))?;
+        if existing.iter().any(|n| n.name.as_deref() == Some(name)) {
+            return Ok(());
+        }
         let req = NetworkCreateRequest {
             name: name.to_string(),
             driver: Some("bridge".into()),
@@ -227,7 +237,6 @@ impl Engine for DockerEngine {
                 maximum_retry_count: None,
             }),
             network_mode: spec.network.as_ref().map(|(n, _)| n.clone()),
-            init: Some(true),
             ..Default::default()
         };
         let networking_config = spec.network.as_ref().map(|(net, aliases)| NetworkingConfig {

@@ -1,1 +1,299 @@
-fn main() {}
+//! berth: a supervisor daemon and CLI for a bot stack on one Docker host.
+
+mod http;
+mod logging;
+mod notify;
+mod probe;
+mod spec;
+mod state;
+mod supervisor;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use berth_config::Config;
+use berth_engine::{DockerEngine, Engine};
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info};
+
+use crate::supervisor::Supervisor;
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "Keeps a bot stack (PostgreSQL, Redis, bot) running on one Docker host")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The config file [default: $BERTH_CONFIG, then /etc/berth/berth.toml]
+    #[arg(short, long, env = "BERTH_CONFIG", default_value = berth_config::DEFAULT_CONFIG_PATH, hide_env_values = true)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the supervisor in the foreground (systemd runs this)
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Log JSON lines to stderr instead of text (ignored under journald)
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Validate the config and its env file; errors as FILE:LINE:COL: message
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Show the actions needed to converge the engine to the config; changes nothing
+    Plan {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Services, health and restarts, from the running daemon
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the /health document
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match berth_config::load(&config.config) {
+            Ok(cfg) => {
+                println!(
+                    "{}: ok ({} services: {})",
+                    cfg.path.display(),
+                    cfg.services.len(),
+                    cfg.start_order().join(", ")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errs) => {
+                eprintln!("{errs}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Plan { config } => {
+            let cfg = match load_or_exit(&config.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            exit(runtime().and_then(|rt| rt.block_on(plan(cfg))))
+        }
+        Command::Status { config, json } => {
+            let cfg = match load_or_exit(&config.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            runtime()
+                .map(|rt| rt.block_on(status(cfg, json)))
+                .unwrap_or_else(|e| {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                })
+        }
+        Command::Run { config, log_json } => {
+            let cfg = match load_or_exit(&config.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            logging::init(log_json);
+            let r = runtime().and_then(|rt| rt.block_on(run(cfg, config.config)));
+            if let Err(e) = &r {
+                error!(error = %format!("{e:#}"), "berth stopped with an error");
+            }
+            exit(r)
+        }
+    }
+}
+
+fn load_or_exit(path: &std::path::Path) -> Result<Config, ExitCode> {
+    berth_config::load(path).map_err(|errs| {
+        eprintln!("{errs}");
+        ExitCode::from(1)
+    })
+}
+
+fn exit(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn connect() -> anyhow::Result<Arc<dyn Engine>> {
+    let socket = DockerEngine::default_socket();
+    let engine = DockerEngine::connect(&socket)
+        .await
+        .with_context(|| format!("connecting to the Docker engine at {socket} (is dockerd running?)"))?;
+    Ok(Arc::new(engine))
+}
+
+async fn plan(cfg: Config) -> anyhow::Result<()> {
+    let engine = connect().await?;
+    let observed = spec::observe(engine.as_ref(), &cfg).await?;
+    let actions = berth_plan::plan(&cfg, &observed, &berth_plan::Held::new());
+    if actions.is_empty() {
+        println!("nothing to do: {} services up to date", cfg.services.len());
+    }
+    for a in actions {
+        println!("{a}");
+    }
+    Ok(())
+}
+
+async fn status(cfg: Config, json: bool) -> ExitCode {
+    let url = format!("http://{}/health", cfg.supervisor.health_listen);
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default();
+    let body: serde_json::Value = match client.get(&url).send().await {
+        Ok(r) => match r.json().await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("berth daemon at {url} answered something that is not /health JSON: {e}");
+                return ExitCode::from(3);
+            }
+        },
+        Err(_) => {
+            eprintln!("berth daemon is not answering at {url}: is `berth run` (the berth service) running?");
+            return ExitCode::from(3);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+    } else {
+        println!("status: {}", body["status"].as_str().unwrap_or("?"));
+        println!("{:<12} {:<9} {:<10} {:>8}  image", "SERVICE", "STATE", "HEALTH", "RESTARTS");
+        if let Some(svcs) = body["services"].as_object() {
+            for (name, s) in svcs {
+                println!(
+                    "{:<12} {:<9} {:<10} {:>8}  {}",
+                    name,
+                    s["state"].as_str().unwrap_or("?"),
+                    s["health"].as_str().unwrap_or("?"),
+                    s["restarts"].as_u64().unwrap_or(0),
+                    s["image"].as_str().unwrap_or("?"),
+                );
+            }
+        }
+    }
+    if body["status"] == "down" {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
+    info!(config = %cfg.path.display(), project = %cfg.supervisor.project, services = cfg.services.len(), "berth starting");
+    std::fs::create_dir_all(&cfg.supervisor.state_dir)
+        .with_context(|| format!("creating state_dir {}", cfg.supervisor.state_dir.display()))?;
+    let listener = http::bind(cfg.supervisor.health_listen).await?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+
+    let engine = loop {
+        match connect().await {
+            Ok(e) => break e,
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "engine unreachable; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = term.recv() => return Ok(()),
+                    _ = int.recv() => return Ok(()),
+                }
+            }
+        }
+    };
+    let sup = Supervisor::new(engine, cfg);
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut http_shutdown = shutdown_rx.clone();
+    let http = tokio::spawn(http::serve(listener, sup.snapshot(), async move {
+        let _ = http_shutdown.wait_for(|s| *s).await;
+    }));
+    let (first_tx, mut first_rx) = tokio::sync::oneshot::channel();
+    let mut tasks = vec![
+        tokio::spawn(sup.clone().converge_loop(first_tx)),
+        tokio::spawn(sup.clone().event_loop()),
+    ];
+    let mut probes = spawn_probes(&sup);
+    let mut ready = false;
+    let watchdog = notify::watchdog_interval();
+    let mut wd_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+
+    loop {
+        tokio::select! {
+            _ = &mut first_rx, if !ready => {
+                ready = true;
+                let summary = sup.snapshot().borrow().summary();
+                info!(status = %summary, "first convergence done");
+                notify::ready(&summary);
+            }
+            _ = wd_tick.tick(), if watchdog.is_some() => notify::watchdog(),
+            _ = hup.recv() => {
+                notify::reloading();
+                match berth_config::load(&path) {
+                    Ok(new) => {
+                        info!(config = %path.display(), "reloaded config");
+                        sup.replace_config(new);
+                        for p in probes.drain(..) { p.abort(); }
+                        probes = spawn_probes(&sup);
+                    }
+                    Err(errs) => {
+                        error!(error = %errs, "reload rejected; keeping the running config");
+                        sup.reload_failed(errs.to_string());
+                    }
+                }
+                notify::ready(&sup.snapshot().borrow().summary());
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    info!("stopping");
+    notify::stopping();
+    for t in tasks.drain(..).chain(probes) {
+        t.abort();
+    }
+    if sup.config().supervisor.on_stop == berth_config::OnStop::Stop {
+        sup.stop_all().await;
+    }
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
+    info!("stopped");
+    Ok(())
+}
+
+fn spawn_probes(sup: &Arc<Supervisor>) -> Vec<tokio::task::JoinHandle<()>> {
+    sup.config()
+        .services
+        .keys()
+        .map(|name| tokio::spawn(sup.clone().probe_loop(name.clone())))
+        .collect()
+}

@@ -1,0 +1,198 @@
+//! The snapshot the supervisor publishes on a `watch` channel: `/health`, `/metrics` and
+//! `status` read it; nothing that reads it waits on Docker or a database.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::probe::ProbeResult;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// No container yet, or waiting for dependencies.
+    Pending,
+    Starting,
+    Running,
+    /// The container exited; a restart is scheduled.
+    Exited,
+    /// Held down on purpose with `berth stop`.
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Healthy,
+    Unhealthy,
+    Starting,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    pub state: State,
+    pub health: Health,
+    pub image: String,
+    pub container_id: Option<String>,
+    pub restarts: u32,
+    pub crashloop: bool,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub since: Option<SystemTime>,
+    pub probe: Option<ProbeView>,
+    /// Dependencies this service is waiting for, if any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
+    #[serde(skip)]
+    pub ip: Option<IpAddr>,
+}
+
+impl ServiceStatus {
+    pub fn new(image: &str) -> Self {
+        ServiceStatus {
+            state: State::Pending,
+            health: Health::Unknown,
+            image: image.to_string(),
+            container_id: None,
+            restarts: 0,
+            crashloop: false,
+            since: None,
+            probe: None,
+            waiting_for: Vec::new(),
+            ip: None,
+        }
+    }
+
+    /// Healthy for `depends_on` gating and the overall status: passing its probe, or
+    /// running when it has none.
+    pub fn is_healthy(&self) -> bool {
+        self.health == Health::Healthy
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeView {
+    pub ok: bool,
+    pub latency_ms: f64,
+    #[serde(serialize_with = "rfc3339")]
+    pub at: SystemTime,
+    pub error: Option<String>,
+}
+
+impl From<&ProbeResult> for ProbeView {
+    fn from(r: &ProbeResult) -> Self {
+        ProbeView {
+            ok: r.ok,
+            latency_ms: (r.latency.as_secs_f64() * 1e4).round() / 10.0,
+            at: r.at,
+            error: r.error.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigStatus {
+    pub generation: u64,
+    #[serde(serialize_with = "rfc3339")]
+    pub loaded_at: SystemTime,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub started_at: SystemTime,
+    pub config: ConfigStatus,
+    pub engine_connected: bool,
+    pub services: BTreeMap<String, ServiceStatus>,
+}
+
+impl Snapshot {
+    pub fn new() -> Self {
+        Snapshot {
+            started_at: SystemTime::now(),
+            config: ConfigStatus {
+                generation: 0,
+                loaded_at: SystemTime::now(),
+                error: None,
+            },
+            engine_connected: false,
+            services: BTreeMap::new(),
+        }
+    }
+
+    pub fn all_healthy(&self) -> bool {
+        self.services
+            .values()
+            .all(|s| s.is_healthy() || s.state == State::Stopped)
+    }
+
+    /// `ok`, `degraded` (healthy but something needs attention) or `down`.
+    pub fn overall(&self) -> &'static str {
+        if !self.all_healthy() || !self.engine_connected {
+            "down"
+        } else if self.config.error.is_some() {
+            "degraded"
+        } else {
+            "ok"
+        }
+    }
+
+    /// One line for systemd's STATUS= and logs.
+    pub fn summary(&self) -> String {
+        let healthy = self.services.values().filter(|s| s.is_healthy()).count();
+        let mut line = format!(
+            "{}: {healthy}/{} services healthy",
+            self.overall(),
+            self.services.len()
+        );
+        let bad: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, s)| !s.is_healthy() && s.state != State::Stopped)
+            .map(|(n, s)| format!("{n} {}", serde_json::to_value(s.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()))
+            .collect();
+        if !bad.is_empty() {
+            line.push_str(&format!(" ({})", bad.join(", ")));
+        }
+        if !self.engine_connected {
+            line.push_str("; engine unreachable");
+        }
+        line
+    }
+
+    /// The `/health` document (DESIGN §5).
+    pub fn to_json(&self) -> serde_json::Value {
+        let uptime = SystemTime::now()
+            .duration_since(self.started_at)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        serde_json::json!({
+            "status": self.overall(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": uptime,
+            "engine": if self.engine_connected { "connected" } else { "unreachable" },
+            "config": self.config,
+            "services": self.services,
+            "backup": { "last_ok_at": null, "age_s": null, "last_error": null, "count": 0 },
+            "resources": null,
+            "deploy": {},
+        })
+    }
+}
+
+pub fn fmt_time(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&fmt_time(*t))
+}
+
+fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => rfc3339(t, s),
+        None => s.serialize_none(),
+    }
+}

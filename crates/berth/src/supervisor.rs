@@ -1,0 +1,599 @@
+//! The imperative shell: observe the engine, ask the planner, execute its actions with
+//! health gating, probe, and react to engine events.
+//!
+//! Tasks: one converge loop (one convergence at a time), one event follower, one probe
+//! loop per service. They share the [`Snapshot`] on a `watch` channel and a little
+//! restart bookkeeping under a mutex.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use berth_config::{Config, Service};
+use berth_engine::{ContainerDetails, Engine, EngineError};
+use berth_plan::{Action, Held, LABEL_PROJECT, LABEL_SERVICE};
+use futures::StreamExt;
+use tokio::sync::{Notify, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::probe;
+use crate::spec;
+use crate::state::{Health, ProbeView, ServiceStatus, Snapshot, State};
+
+/// How often a starting service is probed until it first passes.
+const FAST_PROBE: Duration = Duration::from_millis(100);
+/// A full re-observe even when no event arrived, as a safety net.
+const RESYNC: Duration = Duration::from_secs(30);
+/// Restarts within this window that make a crash loop.
+const CRASHLOOP_WINDOW: Duration = Duration::from_secs(600);
+const CRASHLOOP_RESTARTS: usize = 5;
+
+#[derive(Default)]
+struct Restarts {
+    /// Earliest time the next start may happen (backoff).
+    not_before: Option<Instant>,
+    /// Deaths in a row that came sooner than `reset_after` after a start.
+    fast_failures: u32,
+    recent: VecDeque<Instant>,
+}
+
+pub struct Supervisor {
+    engine: Arc<dyn Engine>,
+    cfg: RwLock<Arc<Config>>,
+    snap: watch::Sender<Snapshot>,
+    restarts: Mutex<BTreeMap<String, Restarts>>,
+    /// Containers berth itself is stopping or removing: their `die` is not a crash.
+    expected_stops: Mutex<HashSet<String>>,
+    reconcile: Notify,
+}
+
+impl Supervisor {
+    pub fn new(engine: Arc<dyn Engine>, cfg: Config) -> Arc<Self> {
+        let mut snap = Snapshot::new();
+        snap.config.generation = 1;
+        for (name, svc) in &cfg.services {
+            snap.services.insert(name.clone(), ServiceStatus::new(&svc.image));
+        }
+        Arc::new(Supervisor {
+            engine,
+            cfg: RwLock::new(Arc::new(cfg)),
+            snap: watch::channel(snap).0,
+            restarts: Mutex::new(BTreeMap::new()),
+            expected_stops: Mutex::new(HashSet::new()),
+            reconcile: Notify::new(),
+        })
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.cfg.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub fn snapshot(&self) -> watch::Receiver<Snapshot> {
+        self.snap.subscribe()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        self.snap.send_modify(f);
+    }
+
+    fn update_service(&self, name: &str, f: impl FnOnce(&mut ServiceStatus)) {
+        self.snap.send_modify(|s| {
+            if let Some(st) = s.services.get_mut(name) {
+                f(st);
+            }
+        });
+    }
+
+    pub fn request_reconcile(&self) {
+        self.reconcile.notify_one();
+    }
+
+    /// Swaps in a new, already validated config; the next convergence applies it.
+    pub fn replace_config(&self, cfg: Config) {
+        self.update(|s| {
+            s.config.generation += 1;
+            s.config.loaded_at = SystemTime::now();
+            s.config.error = None;
+            s.services.retain(|name, _| cfg.services.contains_key(name));
+            for (name, svc) in &cfg.services {
+                let st = s
+                    .services
+                    .entry(name.clone())
+                    .or_insert_with(|| ServiceStatus::new(&svc.image));
+                st.image = svc.image.clone();
+            }
+        });
+        match self.cfg.write() {
+            Ok(mut c) => *c = Arc::new(cfg),
+            Err(p) => *p.into_inner() = Arc::new(cfg),
+        }
+        self.request_reconcile();
+    }
+
+    pub fn reload_failed(&self, error: String) {
+        self.update(|s| s.config.error = Some(error));
+    }
+
+    /// Runs convergence whenever asked (events, reloads) and every [`RESYNC`].
+    pub async fn converge_loop(self: Arc<Self>, first_done: tokio::sync::oneshot::Sender<()>) {
+        let mut first = Some(first_done);
+        loop {
+            if let Err(e) = self.converge().await {
+                error!(error = %format!("{e:#}"), "convergence failed");
+            }
+            if let Some(tx) = first.take() {
+                let _ = tx.send(());
+            }
+            tokio::select! {
+                _ = self.reconcile.notified() => {}
+                _ = tokio::time::sleep(RESYNC) => {}
+            }
+        }
+    }
+
+    /// One pass: observe, plan, execute. Services start as soon as their dependencies are
+    /// healthy; independent ones in parallel.
+    pub async fn converge(self: &Arc<Self>) -> anyhow::Result<()> {
+        let cfg = self.config();
+        let observed = match spec::observe(self.engine.as_ref(), &cfg).await {
+            Ok(o) => o,
+            Err(e) => {
+                self.update(|s| s.engine_connected = false);
+                return Err(e).context("observing the engine");
+            }
+        };
+        self.update(|s| s.engine_connected = true);
+        let actions = berth_plan::plan(&cfg, &observed, &Held::new());
+        for a in &actions {
+            info!(action = %a, service = a.service().unwrap_or(""), "plan");
+        }
+        let labels = spec::project_labels(&cfg);
+        let mut per_service: BTreeMap<String, Vec<Action>> = BTreeMap::new();
+        for a in actions {
+            match &a {
+                Action::CreateNetwork { name } => self
+                    .engine
+                    .create_network(name, &labels)
+                    .await
+                    .with_context(|| format!("creating network {name}"))?,
+                Action::CreateVolume { name } => self
+                    .engine
+                    .create_volume(name, &labels)
+                    .await
+                    .with_context(|| format!("creating volume {name}"))?,
+                Action::RemoveContainer { service, id, name, .. } => {
+                    let grace = cfg
+                        .services
+                        .get(service)
+                        .map_or(Duration::from_secs(10), |s| s.stop_grace_period);
+                    self.stop_and_remove(id, grace)
+                        .await
+                        .with_context(|| format!("removing container {name}"))?;
+                }
+                Action::CreateContainer { service, .. } | Action::StartContainer { service } => {
+                    per_service.entry(service.clone()).or_default().push(a.clone())
+                }
+            }
+        }
+        // Current containers, for services the plan leaves alone (adopted).
+        let mut existing: BTreeMap<String, String> = BTreeMap::new();
+        for c in &observed.containers {
+            if cfg.services.contains_key(&c.service) {
+                existing.insert(c.service.clone(), c.id.clone());
+            }
+        }
+        let ups = cfg.start_order().into_iter().map(|name| {
+            let actions = per_service.remove(&name).unwrap_or_default();
+            let id = existing.get(&name).cloned();
+            let this = self.clone();
+            let cfg = cfg.clone();
+            async move {
+                let r = this.bring_up(&cfg, &name, actions, id).await;
+                if let Err(e) = &r {
+                    warn!(service = %name, error = %format!("{e:#}"), "service not up");
+                }
+                r
+            }
+        });
+        let results = futures::future::join_all(ups).await;
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        let summary = self.snap.borrow().summary();
+        crate::notify::status(&summary);
+        if failed > 0 {
+            anyhow::bail!("{failed} service(s) not up: {summary}");
+        }
+        Ok(())
+    }
+
+    async fn stop_and_remove(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
+        self.expect_stop(id);
+        self.engine.stop_container(id, grace).await.or_else(ignore_not_found)?;
+        self.engine.remove_container(id, true).await.or_else(ignore_not_found)
+    }
+
+    fn expect_stop(&self, id: &str) {
+        if let Ok(mut s) = self.expected_stops.lock() {
+            s.insert(id.to_string());
+        }
+    }
+
+    /// Waits for dependencies, runs the service's actions, and probes fast until healthy.
+    async fn bring_up(
+        &self,
+        cfg: &Config,
+        name: &str,
+        actions: Vec<Action>,
+        existing: Option<String>,
+    ) -> anyhow::Result<()> {
+        let svc = &cfg.services[name];
+        self.wait_for_deps(cfg, svc).await?;
+        let mut id = existing;
+        let mut started = false;
+        for a in &actions {
+            match a {
+                Action::CreateContainer { .. } => {
+                    let spec = spec::container_spec(cfg, svc);
+                    if !self.engine.image_exists(&svc.image).await? {
+                        anyhow::bail!(
+                            "image {} is not present on this host (berth does not pull yet: load or build it first)",
+                            svc.image
+                        );
+                    }
+                    id = Some(self.engine.create_container(&spec).await?);
+                    self.update_service(name, |s| {
+                        s.container_id = id.clone();
+                        s.state = State::Pending;
+                    });
+                }
+                Action::StartContainer { .. } => {
+                    let Some(cid) = id.as_deref() else {
+                        anyhow::bail!("no container to start");
+                    };
+                    self.wait_backoff(name).await;
+                    info!(service = %name, container = %short(cid), "starting");
+                    self.engine.start_container(cid).await?;
+                    started = true;
+                }
+                _ => {}
+            }
+        }
+        let Some(id) = id else {
+            anyhow::bail!("no container");
+        };
+        let details = self.engine.inspect_container(&id).await?;
+        let ip = details.ips.get(&cfg.network_name()).copied();
+        let already_healthy = {
+            let snap = self.snap.borrow();
+            snap.services.get(name).is_some_and(|s| {
+                s.container_id.as_deref() == Some(&id) && s.is_healthy() && s.state == State::Running
+            })
+        };
+        self.update_service(name, |s| {
+            s.container_id = Some(id.clone());
+            s.image = svc.image.clone();
+            s.ip = ip;
+            s.since = started_at(&details);
+            if !details.running {
+                s.state = State::Exited;
+            } else if !already_healthy {
+                s.state = if started { State::Starting } else { State::Running };
+                s.health = Health::Starting;
+            }
+        });
+        if !details.running || already_healthy {
+            return Ok(());
+        }
+        self.probe_until_healthy(svc, &details, ip).await
+    }
+
+    async fn wait_for_deps(&self, cfg: &Config, svc: &Service) -> anyhow::Result<()> {
+        if svc.depends_on.is_empty() {
+            return Ok(());
+        }
+        let pending = |s: &Snapshot| -> Vec<String> {
+            svc.depends_on
+                .iter()
+                .filter(|d| !s.services.get(*d).is_some_and(|st| st.is_healthy()))
+                .cloned()
+                .collect()
+        };
+        let waiting = pending(&self.snap.borrow());
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        self.update_service(&svc.name, |s| s.waiting_for = waiting.clone());
+        // Long enough for the slowest dependency to start.
+        let limit = svc
+            .depends_on
+            .iter()
+            .filter_map(|d| cfg.services.get(d))
+            .map(|d| d.probe.as_ref().map_or(Duration::from_secs(120), |p| p.start_timeout))
+            .max()
+            .unwrap_or(Duration::from_secs(120))
+            + Duration::from_secs(5);
+        let mut rx = self.snap.subscribe();
+        // `wait_for` returns a borrow of the snapshot: let it go before updating.
+        let ok = tokio::time::timeout(limit, rx.wait_for(|s| pending(s).is_empty()))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        match ok {
+            true => {
+                self.update_service(&svc.name, |s| s.waiting_for.clear());
+                Ok(())
+            }
+            false => anyhow::bail!("dependencies not healthy: {}", waiting.join(", ")),
+        }
+    }
+
+    async fn wait_backoff(&self, name: &str) {
+        let until = self
+            .restarts
+            .lock()
+            .ok()
+            .and_then(|r| r.get(name).and_then(|r| r.not_before));
+        if let Some(t) = until {
+            let t = tokio::time::Instant::from_std(t);
+            if t > tokio::time::Instant::now() {
+                debug!(service = %name, "waiting for restart backoff");
+                tokio::time::sleep_until(t).await;
+            }
+        }
+    }
+
+    /// Probes every [`FAST_PROBE`] until the first success or the start timeout.
+    async fn probe_until_healthy(
+        &self,
+        svc: &Service,
+        details: &ContainerDetails,
+        ip: Option<std::net::IpAddr>,
+    ) -> anyhow::Result<()> {
+        let name = &svc.name;
+        let Some(p) = &svc.probe else {
+            self.update_service(name, |s| {
+                s.state = State::Running;
+                s.health = Health::Healthy;
+            });
+            return Ok(());
+        };
+        let deadline = Instant::now() + p.start_timeout;
+        loop {
+            let r = probe::run(self.engine.as_ref(), p, &details.id, ip).await;
+            let gone = {
+                let snap = self.snap.borrow();
+                snap.services.get(name).is_none_or(|s| {
+                    s.container_id.as_deref() != Some(&details.id) || s.state == State::Exited
+                })
+            };
+            if gone {
+                anyhow::bail!("container exited while starting");
+            }
+            if r.ok {
+                info!(service = %name, latency_ms = r.latency.as_millis() as u64, "healthy");
+                self.update_service(name, |s| {
+                    s.state = State::Running;
+                    s.health = Health::Healthy;
+                    s.probe = Some(ProbeView::from(&r));
+                });
+                return Ok(());
+            }
+            self.update_service(name, |s| s.probe = Some(ProbeView::from(&r)));
+            if Instant::now() >= deadline {
+                self.update_service(name, |s| {
+                    s.state = State::Running;
+                    s.health = Health::Unhealthy;
+                });
+                anyhow::bail!(
+                    "not healthy within {}: {}",
+                    humantime::format_duration(p.start_timeout),
+                    r.error.unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(FAST_PROBE).await;
+        }
+    }
+
+    /// Probes a running service at its interval; `failures` failures in a row restart it.
+    pub async fn probe_loop(self: Arc<Self>, service: String) {
+        let mut failures = 0u32;
+        loop {
+            let cfg = self.config();
+            let Some(svc) = cfg.services.get(&service) else { return };
+            let Some(p) = svc.probe.clone() else { return };
+            tokio::time::sleep(p.interval).await;
+            let (id, ip, state) = {
+                let snap = self.snap.borrow();
+                match snap.services.get(&service) {
+                    Some(s) => (s.container_id.clone(), s.ip, s.state),
+                    None => return,
+                }
+            };
+            let Some(id) = id else { continue };
+            if state != State::Running {
+                failures = 0;
+                continue;
+            }
+            let r = probe::run(self.engine.as_ref(), &p, &id, ip).await;
+            failures = if r.ok { 0 } else { failures + 1 };
+            let health = if r.ok {
+                Health::Healthy
+            } else if failures >= p.failures {
+                Health::Unhealthy
+            } else {
+                // A single failure does not make a service unhealthy yet.
+                self.snap.borrow().services.get(&service).map_or(Health::Unknown, |s| s.health)
+            };
+            self.update_service(&service, |s| {
+                if s.container_id.as_deref() == Some(&id) && s.state == State::Running {
+                    s.probe = Some(ProbeView::from(&r));
+                    s.health = health;
+                }
+            });
+            if failures >= p.failures {
+                warn!(service = %service, failures, error = r.error.as_deref().unwrap_or(""), "probe failing: restarting");
+                failures = 0;
+                self.record_restart(&service, Duration::ZERO, svc);
+                self.expect_stop(&id);
+                if let Err(e) = self.engine.stop_container(&id, svc.stop_grace_period).await {
+                    warn!(service = %service, error = %e, "stopping unhealthy container");
+                }
+                self.update_service(&service, |s| s.state = State::Exited);
+                self.request_reconcile();
+            }
+        }
+    }
+
+    /// Follows the engine's events; reconnects when the stream ends.
+    pub async fn event_loop(self: Arc<Self>) {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let project = self.config().supervisor.project.clone();
+            let mut events = self.engine.events(LABEL_PROJECT, &project);
+            // An event stream that opened means the engine is back: re-observe.
+            self.request_reconcile();
+            while let Some(ev) = events.next().await {
+                match ev {
+                    Ok(ev) => {
+                        delay = Duration::from_millis(200);
+                        self.on_event(ev);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "engine event stream failed");
+                        break;
+                    }
+                }
+            }
+            self.update(|s| s.engine_connected = false);
+            warn!("engine event stream ended; reconnecting");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn on_event(&self, ev: berth_engine::Event) {
+        let Some(service) = ev.labels.get(LABEL_SERVICE).cloned() else { return };
+        debug!(service = %service, action = %ev.action, container = %short(&ev.container_id), "event");
+        match ev.action.as_str() {
+            "die" => {
+                let expected = self
+                    .expected_stops
+                    .lock()
+                    .map(|mut s| s.remove(&ev.container_id))
+                    .unwrap_or(false);
+                let current = self
+                    .snap
+                    .borrow()
+                    .services
+                    .get(&service)
+                    .and_then(|s| s.container_id.clone());
+                if expected || current.as_deref() != Some(ev.container_id.as_str()) {
+                    return;
+                }
+                let cfg = self.config();
+                let Some(svc) = cfg.services.get(&service) else { return };
+                let uptime = self
+                    .snap
+                    .borrow()
+                    .services
+                    .get(&service)
+                    .and_then(|s| s.since)
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .unwrap_or_default();
+                let delay = self.record_restart(&service, uptime, svc);
+                warn!(
+                    service = %service,
+                    container = %short(&ev.container_id),
+                    exit_code = ev.exit_code.unwrap_or(-1),
+                    restart_in_ms = delay.as_millis() as u64,
+                    "container died"
+                );
+                self.update_service(&service, |s| {
+                    s.state = State::Exited;
+                    s.health = Health::Unhealthy;
+                });
+                self.request_reconcile();
+            }
+            "destroy" => {
+                let current = self
+                    .snap
+                    .borrow()
+                    .services
+                    .get(&service)
+                    .and_then(|s| s.container_id.clone());
+                if current.as_deref() == Some(ev.container_id.as_str()) {
+                    self.update_service(&service, |s| {
+                        s.container_id = None;
+                        s.state = State::Pending;
+                        s.health = Health::Unknown;
+                    });
+                    self.request_reconcile();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Counts a restart and returns the backoff before it: none after a long enough
+    /// run, else `initial_backoff` doubling to `max_backoff`.
+    fn record_restart(&self, service: &str, uptime: Duration, svc: &Service) -> Duration {
+        let now = Instant::now();
+        let Ok(mut all) = self.restarts.lock() else { return Duration::ZERO };
+        let r = all.entry(service.to_string()).or_default();
+        let policy = &svc.restart;
+        let delay = if uptime >= policy.reset_after || uptime.is_zero() && r.fast_failures == 0 {
+            r.fast_failures = 0;
+            Duration::ZERO
+        } else {
+            r.fast_failures += 1;
+            let exp = r.fast_failures.saturating_sub(1).min(20);
+            (policy.initial_backoff * 2u32.pow(exp)).min(policy.max_backoff)
+        };
+        r.not_before = Some(now + delay);
+        r.recent.push_back(now);
+        while r.recent.front().is_some_and(|t| now.duration_since(*t) > CRASHLOOP_WINDOW) {
+            r.recent.pop_front();
+        }
+        let crashloop = r.recent.len() >= CRASHLOOP_RESTARTS;
+        drop(all);
+        self.update_service(service, |s| {
+            s.restarts += 1;
+            s.crashloop = crashloop;
+        });
+        delay
+    }
+
+    /// On shutdown with `on_stop = "stop"`: stop containers, dependants first.
+    pub async fn stop_all(&self) {
+        let cfg = self.config();
+        let ids: BTreeMap<String, String> = self
+            .snap
+            .borrow()
+            .services
+            .iter()
+            .filter_map(|(n, s)| Some((n.clone(), s.container_id.clone()?)))
+            .collect();
+        for name in cfg.start_order().into_iter().rev() {
+            if let (Some(id), Some(svc)) = (ids.get(&name), cfg.services.get(&name)) {
+                info!(service = %name, "stopping");
+                self.expect_stop(id);
+                if let Err(e) = self.engine.stop_container(id, svc.stop_grace_period).await {
+                    warn!(service = %name, error = %e, "stop failed");
+                }
+            }
+        }
+    }
+}
+
+fn ignore_not_found(e: EngineError) -> Result<(), EngineError> {
+    if e.is_not_found() { Ok(()) } else { Err(e) }
+}
+
+fn started_at(d: &ContainerDetails) -> Option<SystemTime> {
+    d.started_at
+        .as_deref()
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+}
+
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}

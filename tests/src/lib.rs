@@ -1,1 +1,362 @@
+//! Harness for integration tests against the real Docker engine.
+//!
+//! Each test gets its own project name (so its containers, network and volumes carry
+//! their own `berth.project` label), its own temp dir and free loopback ports, and
+//! removes everything it made when dropped. Nothing is stopped by a broad name.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+/// The workspace's target dir.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// The berth binary (`cargo xtask test` builds it before the tests run).
+pub fn berth_bin() -> PathBuf {
+    let p = target_dir().join("debug/berth");
+    assert!(
+        p.exists(),
+        "{} is missing: run the suite with `cargo xtask test` (it builds berth and the images)",
+        p.display()
+    );
+    p
+}
+
+/// Fails the test early, with the fix, when the demo images are missing.
+pub fn require_images() {
+    for img in [
+        "berth-demo/postgres:15",
+        "berth-demo/redis:7",
+        "berth-demo/fake-telegram:latest",
+        "berth-demo/bot:1",
+    ] {
+        let ok = Command::new("docker")
+            .args(["image", "inspect", "-f", "{{.Id}}", img])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "image {img} is missing: run `cargo xtask images` (or `cargo xtask test`)"
+        );
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `f` every 100 ms until it returns Some, or fails after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `docker ARGS`, stdout on success.
+pub fn docker(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .context("running docker")?;
+    if !out.status.success() {
+        bail!(
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `docker inspect` of one object, as JSON.
+pub fn inspect(id: &str) -> Value {
+    let s = docker(&["inspect", id]).expect("docker inspect");
+    let v: Value = serde_json::from_str(&s).expect("inspect JSON");
+    v[0].clone()
+}
+
+/// One test's stack: a project, a config file and the secrets it uses.
+pub struct Stack {
+    pub project: String,
+    pub dir: tempfile::TempDir,
+    pub health_port: u16,
+    pub telegram_port: u16,
+    pub config: PathBuf,
+    pub secrets: Vec<String>,
+}
+
+impl Stack {
+    /// A new, empty project named after the test.
+    pub fn new(test: &str) -> Self {
+        require_images();
+        let project = format!("bt-{test}-{}", std::process::id());
+        let dir = tempfile::Builder::new()
+            .prefix("berth-test-")
+            .tempdir()
+            .expect("tempdir");
+        let pg = format!("pg-{}", random_hex(8));
+        let token = format!("123456:{}", random_hex(12));
+        let env = dir.path().join("berth.env");
+        std::fs::write(
+            &env,
+            format!("POSTGRES_PASSWORD={pg}\nTELEGRAM_BOT_TOKEN={token}\n"),
+        )
+        .expect("env file");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let config = dir.path().join("berth.toml");
+        Stack {
+            project,
+            health_port: free_port(),
+            telegram_port: free_port(),
+            config,
+            secrets: vec![pg, token],
+            dir,
+        }
+    }
+
+    /// The `[supervisor]` section for this stack.
+    pub fn supervisor(&self) -> String {
+        format!(
+            "[supervisor]\nproject = \"{}\"\nhealth_listen = \"127.0.0.1:{}\"\nstate_dir = \"state\"\nadmin_socket = \"admin.sock\"\nenv_file = \"berth.env\"\n\n",
+            self.project, self.health_port
+        )
+    }
+
+    /// The demo stack (postgres, redis, telegram, bot) with `bot_image`.
+    pub fn demo_config(&self, bot_image: &str) -> String {
+        format!(
+            r#"{sup}
+[services.postgres]
+image = "berth-demo/postgres:15"
+env = {{ POSTGRES_USER = "bot", POSTGRES_DB = "bot", POSTGRES_PASSWORD = "${{POSTGRES_PASSWORD}}" }}
+volumes = ["pgdata:/var/lib/postgresql/data"]
+stop_grace_period = "10s"
+probe = {{ postgres = {{ user = "bot", database = "bot", password = "${{POSTGRES_PASSWORD}}" }}, interval = "2s" }}
+
+[services.redis]
+image = "berth-demo/redis:7"
+volumes = ["redisdata:/data"]
+probe = {{ redis = {{}}, interval = "2s" }}
+
+[services.telegram]
+image = "berth-demo/fake-telegram:latest"
+ports = ["{tg}:8081"]
+probe = {{ http = {{ port = 8081, path = "/healthz" }}, interval = "2s" }}
+
+[services.bot]
+image = "{bot_image}"
+depends_on = ["postgres", "redis", "telegram"]
+env = {{ DATABASE_URL = "postgresql://bot:${{POSTGRES_PASSWORD}}@postgres:5432/bot", REDIS_URL = "redis://redis:6379/0", TELEGRAM_BOT_TOKEN = "${{TELEGRAM_BOT_TOKEN}}", TELEGRAM_API_BASE = "http://telegram:8081", POLL_TIMEOUT = "2" }}
+read_only = true
+tmpfs = ["/tmp"]
+stop_grace_period = "10s"
+probe = {{ http = {{ port = 8000, path = "/health" }}, interval = "2s" }}
+"#,
+            sup = self.supervisor(),
+            tg = self.telegram_port,
+        )
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    pub fn start(&self) -> Daemon {
+        Daemon::start(&self.config, self.dir.path(), self.health_port)
+    }
+
+    pub fn container_name(&self, service: &str) -> String {
+        format!("{}-{service}", self.project)
+    }
+
+    /// Ids of this project's containers, by service.
+    pub fn containers(&self) -> std::collections::BTreeMap<String, String> {
+        let out = docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=berth.project={}", self.project),
+            "--format",
+            "{{.ID}} {{.Label \"berth.service\"}}",
+        ])
+        .expect("docker ps");
+        out.lines()
+            .filter_map(|l| {
+                let (id, svc) = l.split_once(' ')?;
+                Some((svc.to_string(), id.to_string()))
+            })
+            .collect()
+    }
+
+    /// The fake Bot API's control endpoint.
+    pub fn telegram(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.telegram_port)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let label = format!("label=berth.project={}", self.project);
+        if let Ok(ids) = docker(&["ps", "-aq", "--filter", &label])
+            && !ids.is_empty()
+        {
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(ids.lines());
+            let _ = docker(&args);
+        }
+        if let Ok(nets) = docker(&["network", "ls", "-q", "--filter", &label]) {
+            for n in nets.lines() {
+                let _ = docker(&["network", "rm", n]);
+            }
+        }
+        if let Ok(vols) = docker(&["volume", "ls", "-q", "--filter", &label]) {
+            for v in vols.lines() {
+                let _ = docker(&["volume", "rm", "-f", v]);
+            }
+        }
+    }
+}
+
+/// A running `berth run`. Killed (SIGKILL) when dropped, if still running.
+pub struct Daemon {
+    child: Child,
+    pub log: PathBuf,
+    pub health_port: u16,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, dir: &Path, health_port: u16) -> Self {
+        let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        let log = dir.join(format!("berth-{n}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(berth_bin())
+            .args(["run", "-c"])
+            .arg(config)
+            .env("BERTH_LOG", "info,berth=debug")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn berth");
+        Daemon {
+            child,
+            log,
+            health_port,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET /health: (status code, body). None if the daemon does not answer.
+    pub fn health(&self) -> Option<(u16, Value)> {
+        let client = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .ok()?;
+        let r = client
+            .get(format!("http://127.0.0.1:{}/health", self.health_port))
+            .send()
+            .ok()?;
+        let code = r.status().as_u16();
+        Some((code, r.json().ok()?))
+    }
+
+    /// Waits until /health says every service is healthy; returns the document.
+    pub fn wait_healthy(&mut self, timeout: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some((200, body)) = self.health()
+                && body["status"] == "ok"
+            {
+                return body;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("berth exited ({status}) before healthy:\n{}", self.logs());
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "not healthy after {timeout:?}: {:?}\nlog:\n{}",
+                    self.health(),
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} {}", self.pid());
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn http_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client")
+}

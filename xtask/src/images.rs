@@ -28,14 +28,31 @@ pub fn build_all() -> anyhow::Result<()> {
     let v1 = bot_migrations(1)?;
     let v2 = bot_migrations(2)?;
     let images: Vec<Image> = vec![
-        Image::new("berth-demo/postgres:15", recipes.join("postgres"))
-            .file("docker-entrypoint.sh", recipes.join("postgres/docker-entrypoint.sh")),
+        Image::new("berth-demo/postgres:15", recipes.join("postgres")).file(
+            "docker-entrypoint.sh",
+            recipes.join("postgres/docker-entrypoint.sh"),
+        ),
         Image::new("berth-demo/redis:7", recipes.join("redis"))
             .file("entrypoint.sh", recipes.join("redis/entrypoint.sh")),
-        Image::new("berth-demo/fake-telegram:latest", recipes.join("fake-telegram"))
-            .file("fake-telegram", bins.join("fake-telegram")),
-        bot_image("berth-demo/bot:1", &recipes, &bins, &v1, &[("BOT_VERSION", "1")]),
-        bot_image("berth-demo/bot:2", &recipes, &bins, &v2, &[("BOT_VERSION", "2")]),
+        Image::new(
+            "berth-demo/fake-telegram:latest",
+            recipes.join("fake-telegram"),
+        )
+        .file("fake-telegram", bins.join("fake-telegram")),
+        bot_image(
+            "berth-demo/bot:1",
+            &recipes,
+            &bins,
+            &v1,
+            &[("BOT_VERSION", "1")],
+        ),
+        bot_image(
+            "berth-demo/bot:2",
+            &recipes,
+            &bins,
+            &v2,
+            &[("BOT_VERSION", "2")],
+        ),
         bot_image(
             "berth-demo/bot:broken",
             &recipes,
@@ -60,7 +77,10 @@ fn bot_image(
 ) -> Image {
     let mut img = Image::new(tag, recipes.join("bot")).file("demo-bot", bins.join("demo-bot"));
     for m in migrations {
-        let name = m.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = m
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         img = img.file(&format!("migrations/{name}"), m.clone());
     }
     for (k, v) in args {
@@ -96,7 +116,10 @@ impl Image {
     fn recipe_hash(&self, base_id: &str) -> anyhow::Result<String> {
         let mut h = Sha256::new();
         h.update(base_id.as_bytes());
-        h.update(std::fs::read(&self.dockerfile).with_context(|| format!("{}", self.dockerfile.display()))?);
+        h.update(
+            std::fs::read(&self.dockerfile)
+                .with_context(|| format!("{}", self.dockerfile.display()))?,
+        );
         for (p, src) in &self.files {
             h.update(p.as_bytes());
             h.update(std::fs::read(src).with_context(|| format!("reading {}", src.display()))?);
@@ -113,7 +136,9 @@ impl Image {
             eprintln!("{}: cached", self.tag);
             return Ok(());
         }
-        let ctx = target_dir().join("images/ctx").join(self.tag.replace(['/', ':'], "_"));
+        let ctx = target_dir()
+            .join("images/ctx")
+            .join(self.tag.replace(['/', ':'], "_"));
         let _ = std::fs::remove_dir_all(&ctx);
         std::fs::create_dir_all(&ctx)?;
         std::fs::copy(&self.dockerfile, ctx.join("Dockerfile"))?;
@@ -125,7 +150,14 @@ impl Image {
             copy_stripped(src, &dst)?;
         }
         let mut cmd = Command::new("docker");
-        cmd.args(["build", "-q", "-t", &self.tag, "--label", &format!("{RECIPE_LABEL}={hash}")]);
+        cmd.args([
+            "build",
+            "-q",
+            "-t",
+            &self.tag,
+            "--label",
+            &format!("{RECIPE_LABEL}={hash}"),
+        ]);
         for (k, v) in &self.build_args {
             cmd.args(["--build-arg", &format!("{k}={v}")]);
         }
@@ -238,11 +270,17 @@ fn mirror() -> anyhow::Result<String> {
             }
         }
     }
-    bail!("cannot tell which Debian mirror apt uses; set BERTH_DEBIAN_MIRROR to a bookworm mirror URL")
+    bail!(
+        "cannot tell which Debian mirror apt uses; set BERTH_DEBIAN_MIRROR to a bookworm mirror URL"
+    )
 }
 
 fn ensure_debootstrap() -> anyhow::Result<()> {
-    if Command::new("debootstrap").arg("--version").output().is_ok() {
+    if Command::new("debootstrap")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
         return Ok(());
     }
     let root_user = nix_is_root();
@@ -287,10 +325,17 @@ fn ensure_base() -> anyhow::Result<String> {
     let _ = std::fs::remove_dir_all(&rootfs);
     std::fs::create_dir_all(&rootfs)?;
     let mirror = mirror()?;
-    eprintln!("{BASE}: debootstrap bookworm with {} (about a minute)", pkgs.join(", "));
+    eprintln!(
+        "{BASE}: debootstrap bookworm with {} (about a minute)",
+        pkgs.join(", ")
+    );
     let log = target_dir().join("images/debootstrap.log");
     let status = Command::new("debootstrap")
-        .args(["--variant=minbase", &format!("--include={}", pkgs.join(",")), "bookworm"])
+        .args([
+            "--variant=minbase",
+            &format!("--include={}", pkgs.join(",")),
+            "bookworm",
+        ])
         .arg(&rootfs)
         .arg(&mirror)
         .stdout(std::fs::File::create(&log)?)
@@ -298,7 +343,10 @@ fn ensure_base() -> anyhow::Result<String> {
         .status()
         .context("running debootstrap")?;
     if !status.success() {
-        bail!("debootstrap failed ({status}); its output is in {}", log.display());
+        bail!(
+            "debootstrap failed ({status}); its output is in {}",
+            log.display()
+        );
     }
     // Slim it: package caches, and the cluster Debian's postinst made (the postgres image
     // makes its own in PGDATA).
@@ -317,7 +365,9 @@ fn ensure_base() -> anyhow::Result<String> {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("running tar")?;
-    let Some(stdout) = tar.stdout else { bail!("tar has no stdout") };
+    let Some(stdout) = tar.stdout else {
+        bail!("tar has no stdout")
+    };
     let status = Command::new("docker")
         .args([
             "import",

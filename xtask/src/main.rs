@@ -102,10 +102,12 @@ fn demo() -> anyhow::Result<()> {
     }
     let bin = cargo_build(&["berth"])?.join("berth");
     let config = root().join("config/demo.toml");
-    eprintln!("running berth run -c {} (Ctrl-C to stop; containers keep running)", config.display());
-    let err = std::os::unix::process::CommandExt::exec(
-        Command::new(bin).args(["run", "-c"]).arg(config),
+    eprintln!(
+        "running berth run -c {} (Ctrl-C to stop; containers keep running)",
+        config.display()
     );
+    let err =
+        std::os::unix::process::CommandExt::exec(Command::new(bin).args(["run", "-c"]).arg(config));
     Err(err).context("starting berth")
 }
 
@@ -115,5 +117,36 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     cargo_build(&["berth"])?;
     let mut c = cargo();
     c.args(["test", "--workspace"]).args(extra);
-    run(&mut c)
+    // Echo cargo's output and add up its per-binary results into one closing line.
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                passed += count(rest, " passed");
+                failed += count(rest, " failed");
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
+}
+
+/// The number before `word` in a `test result:` line.
+fn count(line: &str, word: &str) -> u64 {
+    line.split(';')
+        .find_map(|part| part.trim().strip_suffix(word.trim()).map(str::trim))
+        .map(|n| n.rsplit(' ').next().unwrap_or(n))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }

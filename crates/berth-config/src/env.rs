@@ -7,7 +7,10 @@ use crate::error::{ConfigError, Locator};
 
 /// Parses `KEY=VALUE` lines. Blank lines and `#` comments are skipped, `export ` is allowed,
 /// and a value wrapped in matching single or double quotes loses the quotes.
-pub fn parse_env_file(path: &Path, src: &str) -> Result<BTreeMap<String, String>, Vec<ConfigError>> {
+pub fn parse_env_file(
+    path: &Path,
+    src: &str,
+) -> Result<BTreeMap<String, String>, Vec<ConfigError>> {
     let loc = Locator { file: path, src };
     let mut vars = BTreeMap::new();
     let mut errors = Vec::new();
@@ -133,10 +136,14 @@ mod tests {
     #[test]
     fn interpolation() {
         let lookup = |k: &str| (k == "P").then(|| "s3cret".to_string());
-        let r = interpolate("postgres://bot:${P}@db/$$x", &lookup).ok().expect("ok");
+        let Ok(r) = interpolate("postgres://bot:${P}@db/$$x", &lookup) else {
+            panic!("interpolation failed")
+        };
         assert_eq!(r.value, "postgres://bot:s3cret@db/$x");
         assert_eq!(r.vars, vec!["P"]);
-        let missing = interpolate("${NOPE}", &lookup).err().expect("missing");
+        let Err(missing) = interpolate("${NOPE}", &lookup) else {
+            panic!("NOPE must be missing")
+        };
         assert!(missing[0].contains("${NOPE} is not set"));
     }
 }

@@ -139,8 +139,8 @@ fn parse_raw(loc: &Locator<'_>, src: &str) -> Result<RawConfig, ConfigErrors> {
     };
     let de = toml::Deserializer::parse(src).map_err(one)?;
     let mut unknown: Vec<Vec<String>> = Vec::new();
-    let raw: RawConfig = serde_ignored::deserialize(de, |p| unknown.push(path_segments(&p)))
-        .map_err(one)?;
+    let raw: RawConfig =
+        serde_ignored::deserialize(de, |p| unknown.push(path_segments(&p))).map_err(one)?;
     if unknown.is_empty() {
         return Ok(raw);
     }
@@ -177,7 +177,9 @@ fn path_segments(p: &serde_ignored::Path<'_>) -> Vec<String> {
 /// Byte offset of the key at `segs` in the document, for unknown-key errors.
 fn locate_key(table: &DeTable<'_>, segs: &[String]) -> Option<usize> {
     let (first, rest) = segs.split_first()?;
-    let (k, v) = table.iter().find(|(k, _)| k.get_ref().as_ref() == first.as_str())?;
+    let (k, v) = table
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == first.as_str())?;
     if rest.is_empty() {
         return Some(k.span().start);
     }
@@ -189,7 +191,7 @@ fn locate_in_value(v: &DeValue<'_>, segs: &[String]) -> Option<usize> {
         DeValue::Table(t) => locate_key(t, segs),
         DeValue::Array(a) => {
             let (first, rest) = segs.split_first()?;
-            let item = a.iter().nth(first.parse().ok()?)?;
+            let item = a.get(first.parse::<usize>().ok()?)?;
             if rest.is_empty() {
                 Some(item.span().start)
             } else {
@@ -238,8 +240,10 @@ fn supervisor(cx: &mut Ctx<'_>, path: &Path, raw: &S<RawSupervisor>, read_env: b
         },
     };
     let path_or = |v: &Option<S<String>>, default: &str| {
-        v.as_ref()
-            .map_or_else(|| PathBuf::from(default), |s| resolve_path(path, s.get_ref()))
+        v.as_ref().map_or_else(
+            || PathBuf::from(default),
+            |s| resolve_path(path, s.get_ref()),
+        )
     };
     let state_dir = path_or(&r.state_dir, "/var/lib/berth");
     let admin_socket = path_or(&r.admin_socket, "/run/berth/admin.sock");
@@ -335,7 +339,10 @@ fn service(
         );
     }
     if r.image.get_ref().trim().is_empty() {
-        cx.err(&r.image.span(), format!("{}: must not be empty", key("image")));
+        cx.err(
+            &r.image.span(),
+            format!("{}: must not be empty", key("image")),
+        );
     }
     let mut env = BTreeMap::new();
     for (k, v) in &r.env {
@@ -355,16 +362,29 @@ fn service(
     if let Some(c) = &r.cpus
         && !(*c.get_ref() > 0.0 && c.get_ref().is_finite())
     {
-        cx.err(&c.span(), format!("{}: must be a positive number", key("cpus")));
+        cx.err(
+            &c.span(),
+            format!("{}: must be a positive number", key("cpus")),
+        );
     }
     if let Some(p) = &r.pids_limit
         && *p.get_ref() <= 0
     {
-        cx.err(&p.span(), format!("{}: must be positive", key("pids_limit")));
+        cx.err(
+            &p.span(),
+            format!("{}: must be positive", key("pids_limit")),
+        );
     }
     for t in &r.tmpfs {
         if !t.get_ref().starts_with('/') {
-            cx.err(&t.span(), format!("{}: {:?} must be an absolute path", key("tmpfs"), t.get_ref()));
+            cx.err(
+                &t.span(),
+                format!(
+                    "{}: {:?} must be an absolute path",
+                    key("tmpfs"),
+                    t.get_ref()
+                ),
+            );
         }
     }
     let stop_grace_period = cx.duration(
@@ -375,7 +395,10 @@ fn service(
     let mut depends_on = Vec::new();
     for d in &r.depends_on {
         if d.get_ref() == n {
-            cx.err(&d.span(), format!("{}: a service cannot depend on itself", key("depends_on")));
+            cx.err(
+                &d.span(),
+                format!("{}: a service cannot depend on itself", key("depends_on")),
+            );
         } else if !names.contains(d.get_ref()) {
             cx.err(
                 &d.span(),
@@ -391,14 +414,29 @@ fn service(
         }
     }
     let probe = r.probe.as_ref().and_then(|p| probe(cx, n, p));
-    let restart = r.restart.as_ref().map_or_else(RestartPolicy::default, |rr| {
-        let d = RestartPolicy::default();
-        RestartPolicy {
-            initial_backoff: cx.duration(&key("restart.initial_backoff"), &rr.initial_backoff, d.initial_backoff),
-            max_backoff: cx.duration(&key("restart.max_backoff"), &rr.max_backoff, d.max_backoff),
-            reset_after: cx.duration(&key("restart.reset_after"), &rr.reset_after, d.reset_after),
-        }
-    });
+    let restart = r
+        .restart
+        .as_ref()
+        .map_or_else(RestartPolicy::default, |rr| {
+            let d = RestartPolicy::default();
+            RestartPolicy {
+                initial_backoff: cx.duration(
+                    &key("restart.initial_backoff"),
+                    &rr.initial_backoff,
+                    d.initial_backoff,
+                ),
+                max_backoff: cx.duration(
+                    &key("restart.max_backoff"),
+                    &rr.max_backoff,
+                    d.max_backoff,
+                ),
+                reset_after: cx.duration(
+                    &key("restart.reset_after"),
+                    &rr.reset_after,
+                    d.reset_after,
+                ),
+            }
+        });
     let logs = r.logs.as_ref().map_or_else(Logs::default, |l| {
         let d = Logs::default();
         Logs {
@@ -409,17 +447,26 @@ fn service(
                 .unwrap_or(d.max_size),
             max_files: l.max_files.as_ref().map_or(d.max_files, |f| {
                 if *f.get_ref() == 0 {
-                    cx.err(&f.span(), format!("{}: must be at least 1", key("logs.max_files")));
+                    cx.err(
+                        &f.span(),
+                        format!("{}: must be at least 1", key("logs.max_files")),
+                    );
                 }
                 *f.get_ref()
             }),
         }
     });
-    let deploy = r.deploy.as_ref().map_or_else(Deploy::default, |d| deploy(cx, n, d));
+    let deploy = r
+        .deploy
+        .as_ref()
+        .map_or_else(Deploy::default, |d| deploy(cx, n, d));
     Some(Service {
         name: n.clone(),
         image: r.image.get_ref().clone(),
-        command: r.command.as_ref().map(|c| c.iter().map(|s| s.get_ref().clone()).collect()),
+        command: r
+            .command
+            .as_ref()
+            .map(|c| c.iter().map(|s| s.get_ref().clone()).collect()),
         entrypoint: r
             .entrypoint
             .as_ref()
@@ -459,12 +506,18 @@ fn volume(cx: &mut Ctx<'_>, path: &Path, key: &str, v: &S<String>) -> Option<Vol
         None | Some("rw") => false,
         Some("ro") => true,
         Some(m) => {
-            cx.err(&v.span(), format!("{key}: unknown mode {m:?}: use \"ro\" or \"rw\""));
+            cx.err(
+                &v.span(),
+                format!("{key}: unknown mode {m:?}: use \"ro\" or \"rw\""),
+            );
             false
         }
     };
     if !target.starts_with('/') {
-        cx.err(&v.span(), format!("{key}: target {target:?} must be an absolute path"));
+        cx.err(
+            &v.span(),
+            format!("{key}: target {target:?} must be an absolute path"),
+        );
         return None;
     }
     let source = if src.starts_with('/') || src.starts_with('.') {
@@ -494,7 +547,10 @@ fn port(cx: &mut Ctx<'_>, key: &str, v: &S<String>) -> Option<PortMapping> {
     let (spec, protocol) = match text.split_once('/') {
         Some((s, p)) if p == "tcp" || p == "udp" => (s, p.to_string()),
         Some((_, p)) => {
-            cx.err(&v.span(), format!("{key}: unknown protocol {p:?}: use tcp or udp"));
+            cx.err(
+                &v.span(),
+                format!("{key}: unknown protocol {p:?}: use tcp or udp"),
+            );
             return None;
         }
         None => (text.as_str(), "tcp".to_string()),
@@ -504,7 +560,9 @@ fn port(cx: &mut Ctx<'_>, key: &str, v: &S<String>) -> Option<PortMapping> {
     let bad = |cx: &mut Ctx<'_>| {
         cx.err(
             &v.span(),
-            format!("{key}: {text:?} is not [IP:]HOST_PORT:CONTAINER_PORT, e.g. \"127.0.0.1:8080:80\""),
+            format!(
+                "{key}: {text:?} is not [IP:]HOST_PORT:CONTAINER_PORT, e.g. \"127.0.0.1:8080:80\""
+            ),
         );
     };
     let Some((rest, container)) = spec.rsplit_once(':') else {
@@ -549,26 +607,38 @@ fn probe(cx: &mut Ctx<'_>, svc: &str, raw: &S<RawProbe>) -> Option<Probe> {
     let mut kinds = Vec::new();
     if let Some(p) = &r.postgres {
         kinds.push(ProbeKind::Postgres {
-            user: p.user.as_ref().map_or("postgres".into(), |u| u.get_ref().clone()),
+            user: p
+                .user
+                .as_ref()
+                .map_or("postgres".into(), |u| u.get_ref().clone()),
             database: p
                 .database
                 .as_ref()
                 .or(p.user.as_ref())
                 .map_or("postgres".into(), |d| d.get_ref().clone()),
-            password: p.password.as_ref().map(|v| cx.value(&key(".postgres.password"), v)),
+            password: p
+                .password
+                .as_ref()
+                .map(|v| cx.value(&key(".postgres.password"), v)),
             port: p.port.unwrap_or(5432),
         });
     }
     if let Some(p) = &r.redis {
         kinds.push(ProbeKind::Redis {
-            password: p.password.as_ref().map(|v| cx.value(&key(".redis.password"), v)),
+            password: p
+                .password
+                .as_ref()
+                .map(|v| cx.value(&key(".redis.password"), v)),
             port: p.port.unwrap_or(6379),
         });
     }
     if let Some(p) = &r.http {
         let path = p.path.clone().unwrap_or_else(|| "/".into());
         if !path.starts_with('/') {
-            cx.err(&raw.span(), format!("{}: must start with /", key(".http.path")));
+            cx.err(
+                &raw.span(),
+                format!("{}: must start with /", key(".http.path")),
+            );
         }
         kinds.push(ProbeKind::Http { port: p.port, path });
     }
@@ -577,7 +647,10 @@ fn probe(cx: &mut Ctx<'_>, svc: &str, raw: &S<RawProbe>) -> Option<Probe> {
     }
     if let Some(p) = &r.exec {
         if p.command.is_empty() {
-            cx.err(&raw.span(), format!("{}: must not be empty", key(".exec.command")));
+            cx.err(
+                &raw.span(),
+                format!("{}: must not be empty", key(".exec.command")),
+            );
         }
         kinds.push(ProbeKind::Exec {
             command: p.command.clone(),
@@ -596,10 +669,17 @@ fn probe(cx: &mut Ctx<'_>, svc: &str, raw: &S<RawProbe>) -> Option<Probe> {
     }
     let interval = cx.duration(&key(".interval"), &r.interval, Duration::from_secs(10));
     let timeout = cx.duration(&key(".timeout"), &r.timeout, Duration::from_secs(3));
-    let start_timeout = cx.duration(&key(".start_timeout"), &r.start_timeout, Duration::from_secs(120));
+    let start_timeout = cx.duration(
+        &key(".start_timeout"),
+        &r.start_timeout,
+        Duration::from_secs(120),
+    );
     let failures = r.failures.as_ref().map_or(3, |f| {
         if *f.get_ref() == 0 {
-            cx.err(&f.span(), format!("{}: must be at least 1", key(".failures")));
+            cx.err(
+                &f.span(),
+                format!("{}: must be at least 1", key(".failures")),
+            );
         }
         *f.get_ref()
     });
@@ -610,7 +690,10 @@ fn probe(cx: &mut Ctx<'_>, svc: &str, raw: &S<RawProbe>) -> Option<Probe> {
         if d.is_zero()
             && let Some(s) = s
         {
-            cx.err(&s.span(), format!("{}: must be more than zero", key(&format!(".{k}"))));
+            cx.err(
+                &s.span(),
+                format!("{}: must be more than zero", key(&format!(".{k}"))),
+            );
         }
     }
     Some(Probe {
@@ -631,7 +714,13 @@ fn deploy(cx: &mut Ctx<'_>, svc: &str, d: &RawDeploy) -> Deploy {
             "auto" => Rollback::Auto,
             "manual" => Rollback::Manual,
             other => {
-                cx.err(&s.span(), format!("{}: {other:?} is not one of \"auto\", \"manual\"", key("rollback")));
+                cx.err(
+                    &s.span(),
+                    format!(
+                        "{}: {other:?} is not one of \"auto\", \"manual\"",
+                        key("rollback")
+                    ),
+                );
                 def.rollback
             }
         },
@@ -644,7 +733,10 @@ fn deploy(cx: &mut Ctx<'_>, svc: &str, d: &RawDeploy) -> Deploy {
             other => {
                 cx.err(
                     &s.span(),
-                    format!("{}: {other:?} is not one of \"stop-first\", \"start-first\"", key("strategy")),
+                    format!(
+                        "{}: {other:?} is not one of \"stop-first\", \"start-first\"",
+                        key("strategy")
+                    ),
                 );
                 def.strategy
             }
@@ -652,7 +744,11 @@ fn deploy(cx: &mut Ctx<'_>, svc: &str, d: &RawDeploy) -> Deploy {
     };
     Deploy {
         migrate: d.migrate.clone().filter(|m| !m.is_empty()),
-        health_timeout: cx.duration(&key("health_timeout"), &d.health_timeout, def.health_timeout),
+        health_timeout: cx.duration(
+            &key("health_timeout"),
+            &d.health_timeout,
+            def.health_timeout,
+        ),
         rollback,
         strategy,
         restore_db_on_rollback: d.restore_db_on_rollback.unwrap_or(false),
@@ -707,7 +803,10 @@ fn check_cycles(cx: &mut Ctx<'_>, services: &BTreeMap<String, S<RawService>>) {
     }
     for (span, cycle) in found {
         let svc = cycle.split(" -> ").next().unwrap_or_default().to_string();
-        cx.err(&span, format!("services.{svc}.depends_on: dependency cycle {cycle}"));
+        cx.err(
+            &span,
+            format!("services.{svc}.depends_on: dependency cycle {cycle}"),
+        );
     }
 }
 
@@ -722,34 +821,45 @@ fn backup(
     let svc = r.service.get_ref();
     let target = services.get(svc);
     if target.is_none() {
-        cx.err(&r.service.span(), format!("backup.service: unknown service {svc:?}"));
+        cx.err(
+            &r.service.span(),
+            format!("backup.service: unknown service {svc:?}"),
+        );
     }
     let env_of = |k: &str| target.and_then(|s| s.env.get(k)).map(|v| v.value.clone());
     let schedule = match &r.schedule {
-        None => Schedule::Daily { hour: 3, minute: 30 },
+        None => Schedule::Daily {
+            hour: 3,
+            minute: 30,
+        },
         Some(s) => match parse_schedule(s.get_ref()) {
             Ok(sch) => sch,
             Err(m) => {
                 cx.err(&s.span(), format!("backup.schedule: {m}"));
-                Schedule::Daily { hour: 3, minute: 30 }
+                Schedule::Daily {
+                    hour: 3,
+                    minute: 30,
+                }
             }
         },
     };
     let verify = match r.verify.as_ref().map(|v| (v.get_ref(), v.span())) {
         None | Some((VerifyValue::Flag(true), _)) => Verify::List,
         Some((VerifyValue::Flag(false), _)) => Verify::None,
-        Some((VerifyValue::Mode(m), span)) => match m.as_str() {
-            "list" => Verify::List,
-            "restore" => Verify::Restore,
-            "none" => Verify::None,
-            other => {
-                cx.err(
+        Some((VerifyValue::Mode(m), span)) => {
+            match m.as_str() {
+                "list" => Verify::List,
+                "restore" => Verify::Restore,
+                "none" => Verify::None,
+                other => {
+                    cx.err(
                     &span,
                     format!("backup.verify: {other:?} is not one of true, false, \"list\", \"restore\""),
                 );
-                Verify::List
+                    Verify::List
+                }
             }
-        },
+        }
     };
     let keep = r.keep.as_ref();
     let user = r
@@ -760,10 +870,10 @@ fn backup(
     Some(Backup {
         service: svc.clone(),
         schedule,
-        dir: r
-            .dir
-            .as_ref()
-            .map_or_else(|| sup.state_dir.join("backups"), |d| resolve_path(path, d.get_ref())),
+        dir: r.dir.as_ref().map_or_else(
+            || sup.state_dir.join("backups"),
+            |d| resolve_path(path, d.get_ref()),
+        ),
         keep: Keep {
             daily: keep.and_then(|k| k.daily).unwrap_or(7),
             weekly: keep.and_then(|k| k.weekly).unwrap_or(4),
@@ -794,7 +904,10 @@ pub(crate) fn parse_schedule(s: &str) -> Result<Schedule, String> {
         };
     }
     let fields: Vec<&str> = s.split_whitespace().collect();
-    let ok_chars = |f: &str| f.chars().all(|c| c.is_ascii_alphanumeric() || ",-*/".contains(c));
+    let ok_chars = |f: &str| {
+        f.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ",-*/".contains(c))
+    };
     if fields.len() == 5 && fields.iter().all(|f| ok_chars(f)) {
         Ok(Schedule::Cron(fields.join(" ")))
     } else {

@@ -56,8 +56,7 @@ fn err(what: impl Into<String>) -> impl FnOnce(BollardError) -> EngineError {
     let what = what.into();
     move |e| match e {
         BollardError::DockerResponseServerError {
-            status_code: 404,
-            ..
+            status_code: 404, ..
         } => EngineError::NotFound { what },
         BollardError::DockerResponseServerError { message, .. } => {
             EngineError::Api { what, message }
@@ -115,7 +114,9 @@ impl Engine for DockerEngine {
         let by_name = HashMap::from([("name".to_string(), vec![name.to_string()])]);
         let existing = self
             .docker
-            .list_networks(Some(ListNetworksOptionsBuilder::new().filters(&by_name).build()))
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::new().filters(&by_name).build(),
+            ))
             .await
             .map_err(err("list networks"))?;
         if existing.iter().any(|n| n.name.as_deref() == Some(name)) {
@@ -239,15 +240,18 @@ impl Engine for DockerEngine {
             network_mode: spec.network.as_ref().map(|(n, _)| n.clone()),
             ..Default::default()
         };
-        let networking_config = spec.network.as_ref().map(|(net, aliases)| NetworkingConfig {
-            endpoints_config: Some(HashMap::from([(
-                net.clone(),
-                EndpointSettings {
-                    aliases: Some(aliases.clone()),
-                    ..Default::default()
-                },
-            )])),
-        });
+        let networking_config = spec
+            .network
+            .as_ref()
+            .map(|(net, aliases)| NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    net.clone(),
+                    EndpointSettings {
+                        aliases: Some(aliases.clone()),
+                        ..Default::default()
+                    },
+                )])),
+            });
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: spec.cmd.clone(),
@@ -261,7 +265,9 @@ impl Engine for DockerEngine {
             networking_config,
             ..Default::default()
         };
-        let opts = CreateContainerOptionsBuilder::new().name(&spec.name).build();
+        let opts = CreateContainerOptionsBuilder::new()
+            .name(&spec.name)
+            .build();
         let resp = self
             .docker
             .create_container(Some(opts), body)
@@ -461,7 +467,12 @@ impl Engine for DockerEngine {
         })
     }
 
-    fn logs(&self, id: &str, tail: Option<u64>, follow: bool) -> BoxStream<'static, Result<Output>> {
+    fn logs(
+        &self,
+        id: &str,
+        tail: Option<u64>,
+        follow: bool,
+    ) -> BoxStream<'static, Result<Output>> {
         let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
         let opts = LogsOptionsBuilder::new()
             .stdout(true)

@@ -165,12 +165,8 @@ pub trait Engine: Send + Sync + 'static {
     /// Exit code of a finished exec (waits briefly if it is still finishing).
     async fn exec_exit_code(&self, exec_id: &str) -> Result<i64>;
     /// Container logs: the last `tail` lines (all if None), then new lines if `follow`.
-    fn logs(
-        &self,
-        id: &str,
-        tail: Option<u64>,
-        follow: bool,
-    ) -> BoxStream<'static, Result<Output>>;
+    fn logs(&self, id: &str, tail: Option<u64>, follow: bool)
+    -> BoxStream<'static, Result<Output>>;
 
     /// Runs `cmd` and collects its output. For short commands only (probes, checks).
     async fn exec(&self, id: &str, cmd: &[String]) -> Result<ExecResult> {

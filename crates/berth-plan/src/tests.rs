@@ -46,7 +46,8 @@ fn infra(cfg: &Config) -> Observed {
 fn up(cfg: &Config) -> Observed {
     let mut o = infra(cfg);
     for (i, s) in cfg.services.keys().enumerate() {
-        o.containers.push(container(cfg, s, &format!("id{i}"), true));
+        o.containers
+            .push(container(cfg, s, &format!("id{i}"), true));
     }
     o
 }

@@ -13,7 +13,10 @@ use crate::state::Snapshot;
 
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     // Validation already refused anything but loopback; check again at the socket.
-    anyhow::ensure!(addr.ip().is_loopback(), "refusing to serve /health on {addr}: not loopback");
+    anyhow::ensure!(
+        addr.ip().is_loopback(),
+        "refusing to serve /health on {addr}: not loopback"
+    );
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for /health: {e}"))

@@ -1,6 +1,7 @@
 //! Logs go to journald when stderr is the journal (systemd sets `JOURNAL_STREAM` to the
 //! device and inode of that stream), otherwise to stderr, as text or JSON lines.
 
+use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
 
 use tracing_subscriber::EnvFilter;
@@ -33,11 +34,19 @@ pub fn init(json: bool) {
     }
     if json {
         registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .init();
     } else {
         registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .init();
     }
 }

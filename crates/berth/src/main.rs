@@ -23,7 +23,11 @@ use tracing::{error, info};
 use crate::supervisor::Supervisor;
 
 #[derive(Parser)]
-#[command(name = "berth", version, about = "Keeps a bot stack (PostgreSQL, Redis, bot) running on one Docker host")]
+#[command(
+    name = "berth",
+    version,
+    about = "Keeps a bot stack (PostgreSQL, Redis, bot) running on one Docker host"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -145,9 +149,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn connect() -> anyhow::Result<Arc<dyn Engine>> {
     let socket = DockerEngine::default_socket();
-    let engine = DockerEngine::connect(&socket)
-        .await
-        .with_context(|| format!("connecting to the Docker engine at {socket} (is dockerd running?)"))?;
+    let engine = DockerEngine::connect(&socket).await.with_context(|| {
+        format!("connecting to the Docker engine at {socket} (is dockerd running?)")
+    })?;
     Ok(Arc::new(engine))
 }
 
@@ -180,15 +184,23 @@ async fn status(cfg: Config, json: bool) -> ExitCode {
             }
         },
         Err(_) => {
-            eprintln!("berth daemon is not answering at {url}: is `berth run` (the berth service) running?");
+            eprintln!(
+                "berth daemon is not answering at {url}: is `berth run` (the berth service) running?"
+            );
             return ExitCode::from(3);
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        );
     } else {
         println!("status: {}", body["status"].as_str().unwrap_or("?"));
-        println!("{:<12} {:<9} {:<10} {:>8}  image", "SERVICE", "STATE", "HEALTH", "RESTARTS");
+        println!(
+            "{:<12} {:<9} {:<10} {:>8}  image",
+            "SERVICE", "STATE", "HEALTH", "RESTARTS"
+        );
         if let Some(svcs) = body["services"].as_object() {
             for (name, s) in svcs {
                 println!(

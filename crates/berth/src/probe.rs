@@ -27,7 +27,12 @@ pub async fn run(
     let at = std::time::SystemTime::now();
     let outcome = tokio::time::timeout(probe.timeout, check(engine, &probe.kind, container_id, ip))
         .await
-        .unwrap_or_else(|_| Err(format!("timed out after {}", humantime::format_duration(probe.timeout))));
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "timed out after {}",
+                humantime::format_duration(probe.timeout)
+            ))
+        });
     ProbeResult {
         ok: outcome.is_ok(),
         latency: start.elapsed(),
@@ -42,7 +47,8 @@ async fn check(
     container_id: &str,
     ip: Option<IpAddr>,
 ) -> Result<(), String> {
-    let need_ip = || ip.ok_or_else(|| "container has no address on the project network".to_string());
+    let need_ip =
+        || ip.ok_or_else(|| "container has no address on the project network".to_string());
     match kind {
         ProbeKind::Postgres {
             user,
@@ -110,12 +116,10 @@ async fn check(
                 Err(format!("http: GET {path} answered {}", resp.status()))
             }
         }
-        ProbeKind::Tcp { port } => {
-            tokio::net::TcpStream::connect((need_ip()?, *port))
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("tcp: connect to port {port}: {e}"))
-        }
+        ProbeKind::Tcp { port } => tokio::net::TcpStream::connect((need_ip()?, *port))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("tcp: connect to port {port}: {e}")),
         ProbeKind::Exec { command } => {
             let r = engine
                 .exec(container_id, command)
@@ -125,7 +129,15 @@ async fn check(
                 Ok(())
             } else {
                 let err = String::from_utf8_lossy(&r.stderr);
-                let tail: String = err.trim().chars().rev().take(200).collect::<Vec<_>>().into_iter().rev().collect();
+                let tail: String = err
+                    .trim()
+                    .chars()
+                    .rev()
+                    .take(200)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
                 Err(format!("exec: exit code {}: {tail}", r.exit_code))
             }
         }

@@ -151,7 +151,15 @@ impl Snapshot {
             .services
             .iter()
             .filter(|(_, s)| !s.is_healthy() && s.state != State::Stopped)
-            .map(|(n, s)| format!("{n} {}", serde_json::to_value(s.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()))
+            .map(|(n, s)| {
+                format!(
+                    "{n} {}",
+                    serde_json::to_value(s.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                )
+            })
             .collect();
         if !bad.is_empty() {
             line.push_str(&format!(" ({})", bad.join(", ")));

@@ -53,7 +53,8 @@ impl Supervisor {
         let mut snap = Snapshot::new();
         snap.config.generation = 1;
         for (name, svc) in &cfg.services {
-            snap.services.insert(name.clone(), ServiceStatus::new(&svc.image));
+            snap.services
+                .insert(name.clone(), ServiceStatus::new(&svc.image));
         }
         Arc::new(Supervisor {
             engine,
@@ -66,7 +67,10 @@ impl Supervisor {
     }
 
     pub fn config(&self) -> Arc<Config> {
-        self.cfg.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone())
+        self.cfg
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     pub fn snapshot(&self) -> watch::Receiver<Snapshot> {
@@ -152,17 +156,20 @@ impl Supervisor {
         let mut per_service: BTreeMap<String, Vec<Action>> = BTreeMap::new();
         for a in actions {
             match &a {
-                Action::CreateNetwork { name } => self
-                    .engine
-                    .create_network(name, &labels)
-                    .await
-                    .with_context(|| format!("creating network {name}"))?,
+                Action::CreateNetwork { name } => {
+                    self.engine
+                        .create_network(name, &labels)
+                        .await
+                        .with_context(|| format!("creating network {name}"))?
+                }
                 Action::CreateVolume { name } => self
                     .engine
                     .create_volume(name, &labels)
                     .await
                     .with_context(|| format!("creating volume {name}"))?,
-                Action::RemoveContainer { service, id, name, .. } => {
+                Action::RemoveContainer {
+                    service, id, name, ..
+                } => {
                     let grace = cfg
                         .services
                         .get(service)
@@ -172,7 +179,10 @@ impl Supervisor {
                         .with_context(|| format!("removing container {name}"))?;
                 }
                 Action::CreateContainer { service, .. } | Action::StartContainer { service } => {
-                    per_service.entry(service.clone()).or_default().push(a.clone())
+                    per_service
+                        .entry(service.clone())
+                        .or_default()
+                        .push(a.clone())
                 }
             }
         }
@@ -208,8 +218,14 @@ impl Supervisor {
 
     async fn stop_and_remove(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
         self.expect_stop(id);
-        self.engine.stop_container(id, grace).await.or_else(ignore_not_found)?;
-        self.engine.remove_container(id, true).await.or_else(ignore_not_found)
+        self.engine
+            .stop_container(id, grace)
+            .await
+            .or_else(ignore_not_found)?;
+        self.engine
+            .remove_container(id, true)
+            .await
+            .or_else(ignore_not_found)
     }
 
     fn expect_stop(&self, id: &str) {
@@ -266,7 +282,9 @@ impl Supervisor {
         let already_healthy = {
             let snap = self.snap.borrow();
             snap.services.get(name).is_some_and(|s| {
-                s.container_id.as_deref() == Some(&id) && s.is_healthy() && s.state == State::Running
+                s.container_id.as_deref() == Some(&id)
+                    && s.is_healthy()
+                    && s.state == State::Running
             })
         };
         self.update_service(name, |s| {
@@ -277,7 +295,11 @@ impl Supervisor {
             if !details.running {
                 s.state = State::Exited;
             } else if !already_healthy {
-                s.state = if started { State::Starting } else { State::Running };
+                s.state = if started {
+                    State::Starting
+                } else {
+                    State::Running
+                };
                 s.health = Health::Starting;
             }
         });
@@ -308,7 +330,11 @@ impl Supervisor {
             .depends_on
             .iter()
             .filter_map(|d| cfg.services.get(d))
-            .map(|d| d.probe.as_ref().map_or(Duration::from_secs(120), |p| p.start_timeout))
+            .map(|d| {
+                d.probe
+                    .as_ref()
+                    .map_or(Duration::from_secs(120), |p| p.start_timeout)
+            })
             .max()
             .unwrap_or(Duration::from_secs(120))
             + Duration::from_secs(5);
@@ -398,7 +424,9 @@ impl Supervisor {
         let mut failures = 0u32;
         loop {
             let cfg = self.config();
-            let Some(svc) = cfg.services.get(&service) else { return };
+            let Some(svc) = cfg.services.get(&service) else {
+                return;
+            };
             let Some(p) = svc.probe.clone() else { return };
             tokio::time::sleep(p.interval).await;
             let (id, ip, state) = {
@@ -421,7 +449,11 @@ impl Supervisor {
                 Health::Unhealthy
             } else {
                 // A single failure does not make a service unhealthy yet.
-                self.snap.borrow().services.get(&service).map_or(Health::Unknown, |s| s.health)
+                self.snap
+                    .borrow()
+                    .services
+                    .get(&service)
+                    .map_or(Health::Unknown, |s| s.health)
             };
             self.update_service(&service, |s| {
                 if s.container_id.as_deref() == Some(&id) && s.state == State::Running {
@@ -471,7 +503,9 @@ impl Supervisor {
     }
 
     fn on_event(&self, ev: berth_engine::Event) {
-        let Some(service) = ev.labels.get(LABEL_SERVICE).cloned() else { return };
+        let Some(service) = ev.labels.get(LABEL_SERVICE).cloned() else {
+            return;
+        };
         debug!(service = %service, action = %ev.action, container = %short(&ev.container_id), "event");
         match ev.action.as_str() {
             "die" => {
@@ -490,7 +524,9 @@ impl Supervisor {
                     return;
                 }
                 let cfg = self.config();
-                let Some(svc) = cfg.services.get(&service) else { return };
+                let Some(svc) = cfg.services.get(&service) else {
+                    return;
+                };
                 let uptime = self
                     .snap
                     .borrow()
@@ -537,7 +573,9 @@ impl Supervisor {
     /// run, else `initial_backoff` doubling to `max_backoff`.
     fn record_restart(&self, service: &str, uptime: Duration, svc: &Service) -> Duration {
         let now = Instant::now();
-        let Ok(mut all) = self.restarts.lock() else { return Duration::ZERO };
+        let Ok(mut all) = self.restarts.lock() else {
+            return Duration::ZERO;
+        };
         let r = all.entry(service.to_string()).or_default();
         let policy = &svc.restart;
         let delay = if uptime >= policy.reset_after || uptime.is_zero() && r.fast_failures == 0 {
@@ -550,7 +588,11 @@ impl Supervisor {
         };
         r.not_before = Some(now + delay);
         r.recent.push_back(now);
-        while r.recent.front().is_some_and(|t| now.duration_since(*t) > CRASHLOOP_WINDOW) {
+        while r
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > CRASHLOOP_WINDOW)
+        {
             r.recent.pop_front();
         }
         let crashloop = r.recent.len() >= CRASHLOOP_RESTARTS;

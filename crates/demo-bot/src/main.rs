@@ -47,7 +47,10 @@ async fn connect_db() -> anyhow::Result<PgPool> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    bail!("cannot connect to PostgreSQL: {}", last.map(|e| e.to_string()).unwrap_or_default())
+    bail!(
+        "cannot connect to PostgreSQL: {}",
+        last.map(|e| e.to_string()).unwrap_or_default()
+    )
 }
 
 async fn migrate(db: &PgPool) -> anyhow::Result<Vec<String>> {
@@ -63,18 +66,25 @@ async fn migrate(db: &PgPool) -> anyhow::Result<Vec<String>> {
         .await?;
     // One migrator at a time, even if two bots start together.
     let mut tx = db.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(4242)").execute(&mut *tx).await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(4242)")
+        .execute(&mut *tx)
+        .await?;
     let mut applied = Vec::new();
     for f in files {
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let done: Option<(String,)> = sqlx::query_as("SELECT name FROM schema_migrations WHERE name = $1")
-            .bind(&name)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let done: Option<(String,)> =
+            sqlx::query_as("SELECT name FROM schema_migrations WHERE name = $1")
+                .bind(&name)
+                .fetch_optional(&mut *tx)
+                .await?;
         if done.is_some() {
             continue;
         }
-        let sql = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        let sql =
+            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut *tx)
             .await
@@ -100,9 +110,15 @@ impl Bot {
             .await
             .with_context(|| format!("{method}: request failed"))?;
         let status = resp.status();
-        let body: Value = resp.json().await.with_context(|| format!("{method}: bad response"))?;
+        let body: Value = resp
+            .json()
+            .await
+            .with_context(|| format!("{method}: bad response"))?;
         if body["ok"] != true {
-            bail!("{method}: {status}: {}", body["description"].as_str().unwrap_or(""));
+            bail!(
+                "{method}: {status}: {}",
+                body["description"].as_str().unwrap_or("")
+            );
         }
         Ok(body["result"].clone())
     }
@@ -120,32 +136,50 @@ impl Bot {
                 .execute(&self.db)
                 .await?;
             let mut con = self.redis.get_multiplexed_async_connection().await?;
-            let n: i64 = redis::cmd("INCR").arg("bot:starts").query_async(&mut con).await?;
-            format!("Hello, {name}! You are start #{n}. (demo bot v{})", self.version)
+            let n: i64 = redis::cmd("INCR")
+                .arg("bot:starts")
+                .query_async(&mut con)
+                .await?;
+            format!(
+                "Hello, {name}! You are start #{n}. (demo bot v{})",
+                self.version
+            )
         } else {
             format!("You said: {text}")
         };
-        self.call("sendMessage", json!({"chat_id": chat_id, "text": reply}), Duration::from_secs(10))
-            .await?;
+        self.call(
+            "sendMessage",
+            json!({"chat_id": chat_id, "text": reply}),
+            Duration::from_secs(10),
+        )
+        .await?;
         Ok(())
     }
 
     async fn healthy(&self) -> bool {
         let db = sqlx::query("SELECT 1").execute(&self.db);
-        let db = tokio::time::timeout(Duration::from_secs(2), db).await.is_ok_and(|r| r.is_ok());
+        let db = tokio::time::timeout(Duration::from_secs(2), db)
+            .await
+            .is_ok_and(|r| r.is_ok());
         let redis = async {
             let mut con = self.redis.get_multiplexed_async_connection().await?;
             redis::cmd("PING").query_async::<String>(&mut con).await
         };
-        let redis = tokio::time::timeout(Duration::from_secs(2), redis).await.is_ok_and(|r| r.is_ok());
+        let redis = tokio::time::timeout(Duration::from_secs(2), redis)
+            .await
+            .is_ok_and(|r| r.is_ok());
         db && redis
     }
 }
 
 async fn run() -> anyhow::Result<()> {
     let token = env("TELEGRAM_BOT_TOKEN")?;
-    let base = std::env::var("TELEGRAM_API_BASE").unwrap_or_else(|_| "https://api.telegram.org".into());
-    let poll_timeout: u64 = std::env::var("POLL_TIMEOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let base =
+        std::env::var("TELEGRAM_API_BASE").unwrap_or_else(|_| "https://api.telegram.org".into());
+    let poll_timeout: u64 = std::env::var("POLL_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let broken = std::env::var("BOT_BROKEN").is_ok_and(|v| v == "1");
     let db = connect_db().await?;
     let applied = migrate(&db).await?;
@@ -170,7 +204,10 @@ async fn run() -> anyhow::Result<()> {
                 if !broken && bot.healthy().await {
                     (StatusCode::OK, "{\"status\":\"ok\"}")
                 } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "{\"status\":\"unavailable\"}")
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "{\"status\":\"unavailable\"}",
+                    )
                 }
             }
         }),
@@ -215,7 +252,11 @@ async fn run() -> anyhow::Result<()> {
     // Confirm what was handled so the next instance does not answer it again.
     if offset > 0 {
         let _ = bot
-            .call("getUpdates", json!({"offset": offset, "timeout": 0}), Duration::from_secs(5))
+            .call(
+                "getUpdates",
+                json!({"offset": offset, "timeout": 0}),
+                Duration::from_secs(5),
+            )
             .await;
     }
     eprintln!("stopped");
@@ -227,14 +268,25 @@ async fn main() -> std::process::ExitCode {
     let cmd = std::env::args().nth(1).unwrap_or_else(|| "run".into());
     let r = match cmd.as_str() {
         "run" => run().await,
-        "migrate" => async {
-            let db = connect_db().await?;
-            let applied = migrate(&db).await?;
-            println!("applied: {}", if applied.is_empty() { "nothing (up to date)".into() } else { applied.join(", ") });
-            Ok(())
+        "migrate" => {
+            async {
+                let db = connect_db().await?;
+                let applied = migrate(&db).await?;
+                println!(
+                    "applied: {}",
+                    if applied.is_empty() {
+                        "nothing (up to date)".into()
+                    } else {
+                        applied.join(", ")
+                    }
+                );
+                Ok(())
+            }
+            .await
         }
-        .await,
-        other => Err(anyhow::anyhow!("unknown command {other:?}: use run or migrate")),
+        other => Err(anyhow::anyhow!(
+            "unknown command {other:?}: use run or migrate"
+        )),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -74,8 +74,15 @@ fn fail(code: StatusCode, description: &str) -> Response {
 }
 
 /// Parameters from the query string, a form body or a JSON body, as Telegram accepts.
-fn params(query: HashMap<String, String>, headers: &HeaderMap, body: &Bytes) -> HashMap<String, Value> {
-    let mut out: HashMap<String, Value> = query.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+fn params(
+    query: HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> HashMap<String, Value> {
+    let mut out: HashMap<String, Value> = query
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -134,8 +141,15 @@ fn send_message(app: &App, p: &HashMap<String, Value>) -> Response {
     let Some(chat_id) = int(p, "chat_id") else {
         return fail(StatusCode::BAD_REQUEST, "Bad Request: chat_id is empty");
     };
-    let Some(text) = p.get("text").and_then(|t| t.as_str()).filter(|t| !t.is_empty()) else {
-        return fail(StatusCode::BAD_REQUEST, "Bad Request: message text is empty");
+    let Some(text) = p
+        .get("text")
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty())
+    else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "Bad Request: message text is empty",
+        );
     };
     let mut g = app.lock();
     g.next_message_id += 1;
@@ -201,7 +215,9 @@ async fn get_updates(app: &App, p: &HashMap<String, Value>, client: String) -> R
     if conflict {
         g.conflicts += 1;
     }
-    g.polls.push(json!({"client": client, "start_ms": start_ms, "end_ms": now_ms(), "conflict": conflict}));
+    g.polls.push(
+        json!({"client": client, "start_ms": start_ms, "end_ms": now_ms(), "conflict": conflict}),
+    );
     drop(g);
     match result {
         Some(updates) => ok(Value::Array(updates)),
@@ -228,7 +244,10 @@ async fn control_updates(State(app): State<App>, axum::Json(body): axum::Json<Va
         "text": text,
     });
     if text.starts_with('/') {
-        let len = text.split_whitespace().next().map_or(0, |c| c.encode_utf16().count());
+        let len = text
+            .split_whitespace()
+            .next()
+            .map_or(0, |c| c.encode_utf16().count());
         message["entities"] = json!([{"type": "bot_command", "offset": 0, "length": len}]);
     }
     let update = json!({"update_id": 100000 + g.next_update_id, "message": message});
@@ -261,10 +280,13 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     eprintln!("fake-telegram listening on {listen}");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            term.recv().await;
-        })
-        .await?;
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        term.recv().await;
+    })
+    .await?;
     Ok(())
 }

@@ -64,7 +64,10 @@ fn good_with(from: &str, to: &str) -> String {
 }
 
 fn line_of(src: &str, needle: &str) -> usize {
-    src.lines().position(|l| l.contains(needle)).expect("needle") + 1
+    src.lines()
+        .position(|l| l.contains(needle))
+        .expect("needle")
+        + 1
 }
 
 #[test]
@@ -95,7 +98,13 @@ fn good_config_parses_with_defaults() {
     assert_eq!(b.database, "bot");
     assert_eq!(b.user, "bot");
     assert_eq!(b.dir, PathBuf::from("/etc/berth/state/backups"));
-    assert_eq!(b.schedule, Schedule::Daily { hour: 3, minute: 30 });
+    assert_eq!(
+        b.schedule,
+        Schedule::Daily {
+            hour: 3,
+            minute: 30
+        }
+    );
     assert_eq!(c.volume_names(), vec!["tgtg-pgdata", "tgtg-redisdata"]);
 }
 
@@ -115,19 +124,30 @@ fn unknown_keys_are_all_reported_with_location() {
     assert_eq!(errs.len(), 2, "{errs:?}");
     let l1 = line_of(&src, "readonly = true");
     let l2 = line_of(&src, "retain = 3");
-    assert_eq!(errs[0], format!("b.toml:{l1}:1: unknown key `services.bot.readonly`"));
-    assert_eq!(errs[1], format!("b.toml:{l2}:1: unknown key `backup.retain`"));
+    assert_eq!(
+        errs[0],
+        format!("b.toml:{l1}:1: unknown key `services.bot.readonly`")
+    );
+    assert_eq!(
+        errs[1],
+        format!("b.toml:{l2}:1: unknown key `backup.retain`")
+    );
 }
 
 #[test]
 fn unknown_key_in_inline_table_points_at_it() {
-    let src = good_with("probe = { redis = {} }", "probe = { redis = {}, intervall = \"5s\" }");
+    let src = good_with(
+        "probe = { redis = {} }",
+        "probe = { redis = {}, intervall = \"5s\" }",
+    );
     let errs = errors(&src);
     let l = line_of(&src, "intervall");
     let col = src.lines().nth(l - 1).unwrap().find("intervall").unwrap() + 1;
     assert_eq!(
         errs,
-        vec![format!("b.toml:{l}:{col}: unknown key `services.redis.probe.intervall`")]
+        vec![format!(
+            "b.toml:{l}:{col}: unknown key `services.redis.probe.intervall`"
+        )]
     );
 }
 
@@ -147,37 +167,67 @@ fn type_error_has_location() {
 
 #[test]
 fn bad_duration_and_size_are_both_reported() {
-    let src = good_with("stop_grace_period = \"30s\"", "stop_grace_period = \"30 parsecs\"")
-        .replacen("memory = \"512MiB\"", "memory = \"lots\"", 1);
+    let src = good_with(
+        "stop_grace_period = \"30s\"",
+        "stop_grace_period = \"30 parsecs\"",
+    )
+    .replacen("memory = \"512MiB\"", "memory = \"lots\"", 1);
     let errs = errors(&src);
     assert_eq!(errs.len(), 2, "{errs:?}");
     let lm = line_of(&src, "memory = \"lots\"");
     let ld = line_of(&src, "30 parsecs");
-    assert!(errs[0].starts_with(&format!("b.toml:{lm}:10: services.postgres.memory: invalid size")), "{errs:?}");
-    assert!(errs[1].starts_with(&format!("b.toml:{ld}:21: services.postgres.stop_grace_period: invalid duration")), "{errs:?}");
+    assert!(
+        errs[0].starts_with(&format!(
+            "b.toml:{lm}:10: services.postgres.memory: invalid size"
+        )),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with(&format!(
+            "b.toml:{ld}:21: services.postgres.stop_grace_period: invalid duration"
+        )),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn unknown_depends_on() {
-    let src = good_with("depends_on = [\"postgres\", \"redis\"]", "depends_on = [\"postgres\", \"rediss\"]");
+    let src = good_with(
+        "depends_on = [\"postgres\", \"redis\"]",
+        "depends_on = [\"postgres\", \"rediss\"]",
+    );
     let errs = errors(&src);
     let l = line_of(&src, "rediss");
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].starts_with(&format!("b.toml:{l}:27: services.bot.depends_on: unknown service \"rediss\"")), "{errs:?}");
+    assert!(
+        errs[0].starts_with(&format!(
+            "b.toml:{l}:27: services.bot.depends_on: unknown service \"rediss\""
+        )),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn dependency_cycle() {
-    let src = good_with("image = \"redis:7\"", "image = \"redis:7\"\ndepends_on = [\"bot\"]");
+    let src = good_with(
+        "image = \"redis:7\"",
+        "image = \"redis:7\"\ndepends_on = [\"bot\"]",
+    );
     let errs = errors(&src);
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert!(errs[0].contains("dependency cycle"), "{errs:?}");
-    assert!(errs[0].contains("bot -> redis -> bot") || errs[0].contains("redis -> bot -> redis"), "{errs:?}");
+    assert!(
+        errs[0].contains("bot -> redis -> bot") || errs[0].contains("redis -> bot -> redis"),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn self_dependency() {
-    let src = good_with("image = \"redis:7\"", "image = \"redis:7\"\ndepends_on = [\"redis\"]");
+    let src = good_with(
+        "image = \"redis:7\"",
+        "image = \"redis:7\"\ndepends_on = [\"redis\"]",
+    );
     assert!(errors(&src)[0].contains("cannot depend on itself"));
 }
 
@@ -186,7 +236,12 @@ fn non_loopback_health_listen() {
     let src = good_with("127.0.0.1:7878", "0.0.0.0:7878");
     let errs = errors(&src);
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].starts_with("b.toml:4:17: supervisor.health_listen: 0.0.0.0:7878 is not a loopback address"), "{errs:?}");
+    assert!(
+        errs[0].starts_with(
+            "b.toml:4:17: supervisor.health_listen: 0.0.0.0:7878 is not a loopback address"
+        ),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -194,7 +249,10 @@ fn missing_variable() {
     let src = good_with("${PG_PASS}@postgres", "${NOT_SET}@postgres");
     let errs = errors(&src);
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].contains("services.bot.env.DATABASE_URL: ${NOT_SET} is not set"), "{errs:?}");
+    assert!(
+        errs[0].contains("services.bot.env.DATABASE_URL: ${NOT_SET} is not set"),
+        "{errs:?}"
+    );
     assert!(!errs[0].contains("hunter2"));
 }
 
@@ -207,12 +265,18 @@ fn ports_default_to_loopback_and_need_literal_ip() {
     let errs = errors(&good_with("\"8000:8000\"", "\":8000:8000\""));
     assert!(errs[0].contains("is not an IP address"), "{errs:?}");
     let errs = errors(&good_with("\"8000:8000\"", "\"8000\""));
-    assert!(errs[0].contains("is not [IP:]HOST_PORT:CONTAINER_PORT"), "{errs:?}");
+    assert!(
+        errs[0].contains("is not [IP:]HOST_PORT:CONTAINER_PORT"),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn probe_needs_exactly_one_kind() {
-    let errs = errors(&good_with("probe = { redis = {} }", "probe = { interval = \"1s\" }"));
+    let errs = errors(&good_with(
+        "probe = { redis = {} }",
+        "probe = { interval = \"1s\" }",
+    ));
     assert!(errs[0].contains("give exactly one of"), "{errs:?}");
 }
 
@@ -221,7 +285,10 @@ fn bad_schedule() {
     let errs = errors(&good_with("\"03:30\"", "\"25:00\""));
     assert!(errs[0].contains("backup.schedule"), "{errs:?}");
     let c = parse_ok(&good_with("\"03:30\"", "\"30 3 * * 1-5\""));
-    assert_eq!(c.backup.unwrap().schedule, Schedule::Cron("30 3 * * 1-5".into()));
+    assert_eq!(
+        c.backup.unwrap().schedule,
+        Schedule::Cron("30 3 * * 1-5".into())
+    );
 }
 
 #[test]
@@ -232,17 +299,27 @@ fn env_file_must_be_private() {
     std::fs::write(&env, "PG_PASS=fromfile\n").expect("write");
     std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let cfg = dir.path().join("berth.toml");
-    let src = good_with("state_dir = \"state\"", "state_dir = \"state\"\nenv_file = \"berth.env\"");
+    let src = good_with(
+        "state_dir = \"state\"",
+        "state_dir = \"state\"\nenv_file = \"berth.env\"",
+    );
     std::fs::write(&cfg, &src).expect("write");
     let errs = crate::load(&cfg).expect_err("0644 env file");
     let l = line_of(&src, "env_file");
     assert_eq!(errs.0.len(), 1, "{errs}");
     assert_eq!((errs.0[0].line, errs.0[0].col), (l, 12));
-    assert!(errs.0[0].message.contains("readable by group or others (mode 0644)"));
+    assert!(
+        errs.0[0]
+            .message
+            .contains("readable by group or others (mode 0644)")
+    );
 
     std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let c = crate::load(&cfg).expect("valid");
-    assert_eq!(c.services["postgres"].env["POSTGRES_PASSWORD"].value, "fromfile");
+    assert_eq!(
+        c.services["postgres"].env["POSTGRES_PASSWORD"].value,
+        "fromfile"
+    );
 }
 
 #[test]
@@ -260,9 +337,37 @@ fn spec_hash_tracks_container_shape_only() {
     let mut other = bot.clone();
     other.probe = None;
     other.deploy.health_timeout = Duration::from_secs(1);
-    assert_eq!(other.spec_hash(), h, "probe and deploy settings do not shape the container");
+    assert_eq!(
+        other.spec_hash(),
+        h,
+        "probe and deploy settings do not shape the container"
+    );
     // A changed secret changes the hash, but the hash does not contain it.
-    let c2 = parse(Path::new("/etc/berth/berth.toml"), GOOD, &|_| Some("other".into()), false)
-        .expect("valid");
+    let c2 = parse(
+        Path::new("/etc/berth/berth.toml"),
+        GOOD,
+        &|_| Some("other".into()),
+        false,
+    )
+    .expect("valid");
     assert_ne!(c2.services["bot"].spec_hash(), h);
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    for (name, src) in [
+        (
+            "config/berth.toml",
+            include_str!("../../../../config/berth.toml"),
+        ),
+        (
+            "config/demo.toml",
+            include_str!("../../../../config/demo.toml"),
+        ),
+    ] {
+        let path = Path::new("/repo").join(name);
+        if let Err(e) = parse(&path, src, &|_| Some("x".into()), false) {
+            panic!("{name} is invalid:\n{e}");
+        }
+    }
 }

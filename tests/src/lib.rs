@@ -169,6 +169,10 @@ depends_on = ["postgres", "redis", "telegram"]
 env = {{ DATABASE_URL = "postgresql://bot:${{POSTGRES_PASSWORD}}@postgres:5432/bot", REDIS_URL = "redis://redis:6379/0", TELEGRAM_BOT_TOKEN = "${{TELEGRAM_BOT_TOKEN}}", TELEGRAM_API_BASE = "http://telegram:8081", POLL_TIMEOUT = "2" }}
 read_only = true
 tmpfs = ["/tmp"]
+memory = "128MiB"
+cpus = 0.5
+pids_limit = 256
+logs = {{ max_size = "1MiB", max_files = 3 }}
 stop_grace_period = "10s"
 probe = {{ http = {{ port = 8000, path = "/health" }}, interval = "2s" }}
 "#,

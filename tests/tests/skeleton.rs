@@ -75,6 +75,24 @@ fn demo_stack_comes_up_from_nothing_and_answers_start() {
             }
         }
     }
+    // Limits, read-only root, tmpfs and log rotation from the file reach the engine.
+    let bot = inspect(&containers["bot"]);
+    assert_eq!(bot["HostConfig"]["Memory"], 128 * 1024 * 1024);
+    assert_eq!(bot["HostConfig"]["NanoCpus"], 500_000_000);
+    assert_eq!(bot["HostConfig"]["PidsLimit"], 256);
+    assert_eq!(bot["HostConfig"]["ReadonlyRootfs"], true);
+    assert!(
+        bot["HostConfig"]["Tmpfs"]["/tmp"].is_string(),
+        "{:#}",
+        bot["HostConfig"]
+    );
+    assert_eq!(bot["HostConfig"]["LogConfig"]["Type"], "json-file");
+    assert_eq!(bot["HostConfig"]["LogConfig"]["Config"]["max-file"], "3");
+    assert_eq!(
+        bot["HostConfig"]["LogConfig"]["Config"]["max-size"],
+        "1048576"
+    );
+    assert_eq!(bot["Config"]["StopTimeout"], 10);
     let tg = inspect(&containers["telegram"]);
     assert_eq!(
         tg["NetworkSettings"]["Ports"]["8081/tcp"][0]["HostPort"],
@@ -165,11 +183,11 @@ fn small_config(stack: &Stack, cache_image: &str, cache_env: &str, with_api: boo
         ""
     };
     let mut s = format!(
-        "{}[services.cache]\nimage = \"{cache_image}\"\n{command}env = {{ MODE = \"{cache_env}\" }}\nvolumes = [\"cachedata:/data\"]\nprobe = {{ redis = {{}} }}\n\n",
+        "{}[services.cache]\nimage = \"{cache_image}\"\n{command}env = {{ MODE = \"{cache_env}\" }}\nvolumes = [\"cachedata:/data\"]\nprobe = {{ exec = {{ command = [\"redis-cli\", \"ping\"] }} }}\n\n",
         stack.supervisor()
     );
     if with_api {
-        s.push_str("[services.api]\nimage = \"berth-demo/fake-telegram:latest\"\nprobe = { http = { port = 8081, path = \"/healthz\" } }\n");
+        s.push_str("[services.api]\nimage = \"berth-demo/fake-telegram:latest\"\nprobe = { tcp = { port = 8081 } }\n");
     }
     s
 }
@@ -251,9 +269,10 @@ fn check_points_at_the_broken_line() {
     assert!(ok.status.success(), "{ok:?}");
 
     let bad = good.replace(
-        "probe = { redis = {} }",
-        "probe = { redis = {} }\nmemory = \"lots\"",
+        "volumes = [\"cachedata:/data\"]",
+        "volumes = [\"cachedata:/data\"]\nmemory = \"lots\"",
     );
+    assert_ne!(bad, good);
     stack.write_config(&bad);
     let out = Command::new(berth_bin())
         .args(["check", "-c"])

@@ -364,3 +364,163 @@ pub fn http_client() -> reqwest::blocking::Client {
         .build()
         .expect("http client")
 }
+
+impl Stack {
+    /// Starts berth with extra environment variables.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_env(&self.config, self.dir.path(), self.health_port, env)
+    }
+
+    /// `docker inspect` of a service's current container.
+    pub fn inspect_service(&self, service: &str) -> Value {
+        inspect(&self.container_name(service))
+    }
+
+    /// Kills the main process of a service's container with SIGKILL, from the host, as a
+    /// crash would (a `docker kill` would count as a deliberate stop).
+    pub fn crash(&self, service: &str) {
+        let pid = self.inspect_service(service)["State"]["Pid"]
+            .as_i64()
+            .expect("pid");
+        assert!(pid > 0, "{service} is not running");
+        let ok = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -9 {pid}");
+    }
+}
+
+impl Daemon {
+    pub fn start_env(config: &Path, dir: &Path, health_port: u16, env: &[(&str, &str)]) -> Self {
+        let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        let log = dir.join(format!("berth-{n}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(berth_bin());
+        cmd.args(["run", "-c"])
+            .arg(config)
+            .env("BERTH_LOG", "info,berth=debug")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Daemon {
+            child: cmd.spawn().expect("spawn berth"),
+            log,
+            health_port,
+        }
+    }
+
+    /// Polls /health until `f` accepts the document; returns it.
+    pub fn wait_health(&self, what: &str, timeout: Duration, f: impl Fn(&Value) -> bool) -> Value {
+        let mut last = None;
+        let start = Instant::now();
+        loop {
+            if let Some((_, body)) = self.health() {
+                if f(&body) {
+                    return body;
+                }
+                last = Some(body);
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; last /health: {last:#?}\nlog:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A unix-socket proxy in front of the Docker socket that a test can cut and restore, to
+/// simulate losing the engine without touching the machine's dockerd.
+pub struct SocketProxy {
+    pub path: PathBuf,
+    upstream: PathBuf,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::os::unix::net::UnixStream>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SocketProxy {
+    pub fn new(path: PathBuf) -> Self {
+        let mut p = SocketProxy {
+            path,
+            upstream: PathBuf::from("/var/run/docker.sock"),
+            conns: Default::default(),
+            stop: Default::default(),
+            thread: None,
+        };
+        p.restore();
+        p
+    }
+
+    pub fn docker_host(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    /// Closes the socket and every connection through it.
+    pub fn cut(&mut self) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+        if let Ok(mut conns) = self.conns.lock() {
+            for c in conns.drain(..) {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    /// Listens again.
+    pub fn restore(&mut self) {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        use std::sync::atomic::Ordering;
+        let _ = std::fs::remove_file(&self.path);
+        let listener = UnixListener::bind(&self.path).expect("bind proxy socket");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.stop = stop.clone();
+        let conns = self.conns.clone();
+        let upstream = self.upstream.clone();
+        self.thread = Some(std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = UnixStream::connect(&upstream) else {
+                    continue;
+                };
+                let pipe = |mut a: UnixStream, mut b: UnixStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut a, &mut b);
+                        let _ = b.shutdown(std::net::Shutdown::Write);
+                    });
+                };
+                if let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) {
+                    if let Ok(mut all) = conns.lock() {
+                        all.extend(client.try_clone().ok());
+                        all.extend(server.try_clone().ok());
+                    }
+                    pipe(client, s2);
+                    pipe(server, c2);
+                }
+            }
+        }));
+    }
+}
+
+impl Drop for SocketProxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}

@@ -277,10 +277,13 @@ impl Engine for DockerEngine {
     }
 
     async fn start_container(&self, id: &str) -> Result<()> {
-        self.docker
-            .start_container(id, None)
-            .await
-            .map_err(err(format!("start container {id}")))
+        match self.docker.start_container(id, None).await {
+            // 304: already running.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            r => r.map_err(err(format!("start container {id}"))),
+        }
     }
 
     async fn stop_container(&self, id: &str, grace: Duration) -> Result<()> {

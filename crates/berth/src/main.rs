@@ -253,6 +253,7 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
     let mut tasks = vec![
         tokio::spawn(sup.clone().converge_loop(first_tx)),
         tokio::spawn(sup.clone().event_loop()),
+        tokio::spawn(sup.clone().status_loop()),
     ];
     let mut probes = spawn_probes(&sup);
     let mut ready = false;

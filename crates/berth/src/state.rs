@@ -41,6 +41,12 @@ pub struct ServiceStatus {
     pub crashloop: bool,
     #[serde(serialize_with = "rfc3339_opt")]
     pub since: Option<SystemTime>,
+    /// When a container in restart backoff is due to start again.
+    #[serde(
+        serialize_with = "rfc3339_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub next_restart: Option<SystemTime>,
     pub probe: Option<ProbeView>,
     /// Dependencies this service is waiting for, if any.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -59,6 +65,7 @@ impl ServiceStatus {
             restarts: 0,
             crashloop: false,
             since: None,
+            next_restart: None,
             probe: None,
             waiting_for: Vec::new(),
             ip: None,

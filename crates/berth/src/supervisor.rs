@@ -5,7 +5,7 @@
 //! loop per service. They share the [`Snapshot`] on a `watch` channel and a little
 //! restart bookkeeping under a mutex.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -193,13 +193,45 @@ impl Supervisor {
                 existing.insert(c.service.clone(), c.id.clone());
             }
         }
+        // A service still in its restart backoff is not started in this pass (that would
+        // hold up every other service); a timer asks for another pass when it is due.
+        let now = Instant::now();
+        let mut settled = BTreeSet::new();
+        for (name, acts) in per_service.iter_mut() {
+            let due = self.backoff_until(name).filter(|t| *t > now);
+            if let Some(t) = due
+                && acts
+                    .iter()
+                    .any(|a| matches!(a, Action::StartContainer { .. }))
+            {
+                acts.clear();
+                settled.insert(name.clone());
+                self.update_service(name, |s| {
+                    s.next_restart = Some(SystemTime::now() + (t - now))
+                });
+                let this = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await;
+                    this.request_reconcile();
+                });
+            }
+        }
+        // Services whose bring-up in this pass is over (or will not happen): a dependant
+        // waiting on one of them that is not healthy gives up at once instead of waiting.
+        let (done_tx, done_rx) = watch::channel(settled);
+        let done_tx = Arc::new(done_tx);
         let ups = cfg.start_order().into_iter().map(|name| {
             let actions = per_service.remove(&name).unwrap_or_default();
             let id = existing.get(&name).cloned();
             let this = self.clone();
             let cfg = cfg.clone();
+            let done_rx = done_rx.clone();
+            let done_tx = done_tx.clone();
             async move {
-                let r = this.bring_up(&cfg, &name, actions, id).await;
+                let r = this.bring_up(&cfg, &name, actions, id, done_rx).await;
+                done_tx.send_modify(|d| {
+                    d.insert(name.clone());
+                });
                 if let Err(e) = &r {
                     warn!(service = %name, error = %format!("{e:#}"), "service not up");
                 }
@@ -209,7 +241,6 @@ impl Supervisor {
         let results = futures::future::join_all(ups).await;
         let failed = results.iter().filter(|r| r.is_err()).count();
         let summary = self.snap.borrow().summary();
-        crate::notify::status(&summary);
         if failed > 0 {
             anyhow::bail!("{failed} service(s) not up: {summary}");
         }
@@ -241,9 +272,14 @@ impl Supervisor {
         name: &str,
         actions: Vec<Action>,
         existing: Option<String>,
+        done: watch::Receiver<BTreeSet<String>>,
     ) -> anyhow::Result<()> {
         let svc = &cfg.services[name];
-        self.wait_for_deps(cfg, svc).await?;
+        // A running container is left alone whatever its dependencies do: dependants of a
+        // restarted service are not restarted.
+        if !actions.is_empty() {
+            self.wait_for_deps(svc, done).await?;
+        }
         let mut id = existing;
         let mut started = false;
         for a in &actions {
@@ -266,7 +302,6 @@ impl Supervisor {
                     let Some(cid) = id.as_deref() else {
                         anyhow::bail!("no container to start");
                     };
-                    self.wait_backoff(name).await;
                     info!(service = %name, container = %short(cid), "starting");
                     self.engine.start_container(cid).await?;
                     started = true;
@@ -292,6 +327,9 @@ impl Supervisor {
             s.image = svc.image.clone();
             s.ip = ip;
             s.since = started_at(&details);
+            if started {
+                s.next_restart = None;
+            }
             if !details.running {
                 s.state = State::Exited;
             } else if !already_healthy {
@@ -309,62 +347,47 @@ impl Supervisor {
         self.probe_until_healthy(svc, &details, ip).await
     }
 
-    async fn wait_for_deps(&self, cfg: &Config, svc: &Service) -> anyhow::Result<()> {
-        if svc.depends_on.is_empty() {
-            return Ok(());
-        }
-        let pending = |s: &Snapshot| -> Vec<String> {
-            svc.depends_on
-                .iter()
-                .filter(|d| !s.services.get(*d).is_some_and(|st| st.is_healthy()))
-                .cloned()
-                .collect()
-        };
-        let waiting = pending(&self.snap.borrow());
-        if waiting.is_empty() {
-            return Ok(());
-        }
-        self.update_service(&svc.name, |s| s.waiting_for = waiting.clone());
-        // Long enough for the slowest dependency to start.
-        let limit = svc
-            .depends_on
-            .iter()
-            .filter_map(|d| cfg.services.get(d))
-            .map(|d| {
-                d.probe
-                    .as_ref()
-                    .map_or(Duration::from_secs(120), |p| p.start_timeout)
-            })
-            .max()
-            .unwrap_or(Duration::from_secs(120))
-            + Duration::from_secs(5);
-        let mut rx = self.snap.subscribe();
-        // `wait_for` returns a borrow of the snapshot: let it go before updating.
-        let ok = tokio::time::timeout(limit, rx.wait_for(|s| pending(s).is_empty()))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        match ok {
-            true => {
-                self.update_service(&svc.name, |s| s.waiting_for.clear());
-                Ok(())
+    /// Waits until every dependency is healthy; fails as soon as one of them is settled
+    /// for this pass without being healthy.
+    async fn wait_for_deps(
+        &self,
+        svc: &Service,
+        mut done: watch::Receiver<BTreeSet<String>>,
+    ) -> anyhow::Result<()> {
+        let mut snap = self.snap.subscribe();
+        loop {
+            let unhealthy: Vec<String> = {
+                let s = snap.borrow_and_update();
+                svc.depends_on
+                    .iter()
+                    .filter(|d| !s.services.get(*d).is_some_and(|st| st.is_healthy()))
+                    .cloned()
+                    .collect()
+            };
+            self.update_service(&svc.name, |s| s.waiting_for = unhealthy.clone());
+            if unhealthy.is_empty() {
+                return Ok(());
             }
-            false => anyhow::bail!("dependencies not healthy: {}", waiting.join(", ")),
+            let given_up: Vec<&String> = {
+                let d = done.borrow_and_update();
+                unhealthy.iter().filter(|u| d.contains(*u)).collect()
+            };
+            if !given_up.is_empty() {
+                let names: Vec<&str> = given_up.iter().map(|s| s.as_str()).collect();
+                anyhow::bail!("waiting for {} to become healthy", names.join(", "));
+            }
+            tokio::select! {
+                r = snap.changed() => r?,
+                r = done.changed() => r?,
+            }
         }
     }
 
-    async fn wait_backoff(&self, name: &str) {
-        let until = self
-            .restarts
+    fn backoff_until(&self, name: &str) -> Option<Instant> {
+        self.restarts
             .lock()
             .ok()
-            .and_then(|r| r.get(name).and_then(|r| r.not_before));
-        if let Some(t) = until {
-            let t = tokio::time::Instant::from_std(t);
-            if t > tokio::time::Instant::now() {
-                debug!(service = %name, "waiting for restart backoff");
-                tokio::time::sleep_until(t).await;
-            }
-        }
+            .and_then(|r| r.get(name).and_then(|r| r.not_before))
     }
 
     /// Probes every [`FAST_PROBE`] until the first success or the start timeout.
@@ -443,6 +466,9 @@ impl Supervisor {
             }
             let r = probe::run(self.engine.as_ref(), &p, &id, ip).await;
             failures = if r.ok { 0 } else { failures + 1 };
+            if r.ok {
+                self.refresh_crashloop(&service);
+            }
             let health = if r.ok {
                 Health::Healthy
             } else if failures >= p.failures {
@@ -464,13 +490,17 @@ impl Supervisor {
             if failures >= p.failures {
                 warn!(service = %service, failures, error = r.error.as_deref().unwrap_or(""), "probe failing: restarting");
                 failures = 0;
-                self.record_restart(&service, Duration::ZERO, svc);
+                // A hung service is restarted at once: it did not crash-loop.
+                self.record_restart(&service, svc.restart.reset_after, svc);
                 self.expect_stop(&id);
                 if let Err(e) = self.engine.stop_container(&id, svc.stop_grace_period).await {
                     warn!(service = %service, error = %e, "stopping unhealthy container");
                 }
-                self.update_service(&service, |s| s.state = State::Exited);
-                self.request_reconcile();
+                self.update_service(&service, |s| {
+                    s.state = State::Exited;
+                    s.health = Health::Unhealthy;
+                });
+                self.schedule_restart(service.clone(), id, Duration::ZERO);
             }
         }
     }
@@ -487,7 +517,7 @@ impl Supervisor {
                 match ev {
                     Ok(ev) => {
                         delay = Duration::from_millis(200);
-                        self.on_event(ev);
+                        self.on_event(ev).await;
                     }
                     Err(e) => {
                         warn!(error = %e, "engine event stream failed");
@@ -502,7 +532,7 @@ impl Supervisor {
         }
     }
 
-    fn on_event(&self, ev: berth_engine::Event) {
+    async fn on_event(self: &Arc<Self>, ev: berth_engine::Event) {
         let Some(service) = ev.labels.get(LABEL_SERVICE).cloned() else {
             return;
         };
@@ -527,27 +557,34 @@ impl Supervisor {
                 let Some(svc) = cfg.services.get(&service) else {
                     return;
                 };
-                let uptime = self
-                    .snap
-                    .borrow()
-                    .services
-                    .get(&service)
-                    .and_then(|s| s.since)
-                    .and_then(|t| SystemTime::now().duration_since(t).ok())
-                    .unwrap_or_default();
+                // How long it ran, from the engine's own clock: a crash that comes right
+                // after a start must back off even if berth never saw it running.
+                let (uptime, oom) = match self.engine.inspect_container(&ev.container_id).await {
+                    Ok(d) => {
+                        let ran = match (started_at(&d), parse_time(d.finished_at.as_deref())) {
+                            (Some(s), Some(f)) => f.duration_since(s).unwrap_or_default(),
+                            _ => Duration::ZERO,
+                        };
+                        (ran, d.oom_killed)
+                    }
+                    Err(_) => (Duration::ZERO, false),
+                };
                 let delay = self.record_restart(&service, uptime, svc);
                 warn!(
                     service = %service,
                     container = %short(&ev.container_id),
                     exit_code = ev.exit_code.unwrap_or(-1),
+                    oom,
+                    ran_ms = uptime.as_millis() as u64,
                     restart_in_ms = delay.as_millis() as u64,
                     "container died"
                 );
                 self.update_service(&service, |s| {
                     s.state = State::Exited;
                     s.health = Health::Unhealthy;
+                    s.next_restart = Some(SystemTime::now() + delay);
                 });
-                self.request_reconcile();
+                self.schedule_restart(service, ev.container_id, delay);
             }
             "destroy" => {
                 let current = self
@@ -569,6 +606,55 @@ impl Supervisor {
         }
     }
 
+    /// Starts the service's stopped container again after `delay`, without a full
+    /// convergence pass (no listing, no planning): the fast path for crashes. Anything
+    /// unexpected (config changed, container gone) is left to a convergence pass.
+    fn schedule_restart(self: &Arc<Self>, service: String, id: String, delay: Duration) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let still_down = this.snap.borrow().services.get(&service).is_some_and(|s| {
+                s.container_id.as_deref() == Some(id.as_str()) && s.state == State::Exited
+            });
+            if !still_down {
+                return;
+            }
+            let cfg = this.config();
+            let Some(svc) = cfg.services.get(&service) else {
+                return;
+            };
+            let current_spec = match this.engine.inspect_container(&id).await {
+                Ok(d) => d.labels.get(berth_plan::LABEL_SPEC_HASH) == Some(&svc.spec_hash()),
+                Err(_) => false,
+            };
+            if !current_spec {
+                this.request_reconcile();
+                return;
+            }
+            info!(service = %service, container = %short(&id), "restarting");
+            if let Err(e) = this.engine.start_container(&id).await {
+                warn!(service = %service, error = %e, "restart failed; reconciling");
+                this.request_reconcile();
+                return;
+            }
+            let r = async {
+                let details = this.engine.inspect_container(&id).await?;
+                let ip = details.ips.get(&cfg.network_name()).copied();
+                this.update_service(&service, |s| {
+                    s.state = State::Starting;
+                    s.health = Health::Starting;
+                    s.since = started_at(&details);
+                    s.ip = ip;
+                    s.next_restart = None;
+                });
+                this.probe_until_healthy(svc, &details, ip).await
+            };
+            if let Err(e) = r.await {
+                warn!(service = %service, error = %format!("{e:#}"), "not healthy after restart");
+            }
+        });
+    }
+
     /// Counts a restart and returns the backoff before it: none after a long enough
     /// run, else `initial_backoff` doubling to `max_backoff`.
     fn record_restart(&self, service: &str, uptime: Duration, svc: &Service) -> Duration {
@@ -578,7 +664,7 @@ impl Supervisor {
         };
         let r = all.entry(service.to_string()).or_default();
         let policy = &svc.restart;
-        let delay = if uptime >= policy.reset_after || uptime.is_zero() && r.fast_failures == 0 {
+        let delay = if uptime >= policy.reset_after {
             r.fast_failures = 0;
             Duration::ZERO
         } else {
@@ -602,6 +688,49 @@ impl Supervisor {
             s.crashloop = crashloop;
         });
         delay
+    }
+
+    /// A crash loop ends when the restarts of the last ten minutes drop below the mark.
+    fn refresh_crashloop(&self, service: &str) {
+        let now = Instant::now();
+        let looping = self.restarts.lock().ok().is_some_and(|mut all| {
+            all.get_mut(service).is_some_and(|r| {
+                while r
+                    .recent
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > CRASHLOOP_WINDOW)
+                {
+                    r.recent.pop_front();
+                }
+                r.recent.len() >= CRASHLOOP_RESTARTS
+            })
+        });
+        let was = self
+            .snap
+            .borrow()
+            .services
+            .get(service)
+            .is_some_and(|s| s.crashloop);
+        if was && !looping {
+            info!(service = %service, "crash loop over");
+            self.update_service(service, |s| s.crashloop = false);
+        }
+    }
+
+    /// Sends systemd a STATUS= line whenever the one-line summary changes.
+    pub async fn status_loop(self: Arc<Self>) {
+        let mut rx = self.snap.subscribe();
+        let mut last = String::new();
+        loop {
+            let summary = rx.borrow_and_update().summary();
+            if summary != last {
+                crate::notify::status(&summary);
+                last = summary;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// On shutdown with `on_stop = "stop"`: stop containers, dependants first.
@@ -631,9 +760,12 @@ fn ignore_not_found(e: EngineError) -> Result<(), EngineError> {
 }
 
 fn started_at(d: &ContainerDetails) -> Option<SystemTime> {
-    d.started_at
-        .as_deref()
-        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+    parse_time(d.started_at.as_deref())
+}
+
+/// The engine's RFC 3339 times; its zero time ("0001-01-01…") means never.
+fn parse_time(t: Option<&str>) -> Option<SystemTime> {
+    t.and_then(|t| humantime::parse_rfc3339_weak(t).ok())
 }
 
 pub fn short(id: &str) -> &str {

@@ -3,7 +3,9 @@
 //! - `images`: build (or find cached) the demo/test images from Debian packages
 //! - `demo`:   images, secrets in target/demo/berth.env, then `berth run -c config/demo.toml`
 //! - `test`:   images, then the whole test suite (unit and integration, real engine)
+//! - `bench`:  berth against the plain-Docker way (`--quick` for fewer runs)
 
+mod bench;
 mod images;
 
 use std::path::PathBuf;
@@ -17,8 +19,9 @@ fn main() -> std::process::ExitCode {
         Some("images") => images::build_all(),
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <images|demo|test [cargo test args]>");
+            eprintln!("usage: cargo xtask <images|demo|test [cargo test args]|bench [--quick]>");
             return std::process::ExitCode::from(2);
         }
     };

@@ -500,7 +500,7 @@ impl Supervisor {
                     s.state = State::Exited;
                     s.health = Health::Unhealthy;
                 });
-                self.schedule_restart(service.clone(), id, Duration::ZERO);
+                self.schedule_restart(service.clone(), id, Duration::ZERO, true);
             }
         }
     }
@@ -557,24 +557,34 @@ impl Supervisor {
                 let Some(svc) = cfg.services.get(&service) else {
                     return;
                 };
-                // How long it ran, from the engine's own clock: a crash that comes right
-                // after a start must back off even if berth never saw it running.
-                let (uptime, oom) = match self.engine.inspect_container(&ev.container_id).await {
-                    Ok(d) => {
-                        let ran = match (started_at(&d), parse_time(d.finished_at.as_deref())) {
-                            (Some(s), Some(f)) => f.duration_since(s).unwrap_or_default(),
-                            _ => Duration::ZERO,
-                        };
-                        (ran, d.oom_killed)
-                    }
-                    Err(_) => (Duration::ZERO, false),
+                // How long it ran, on the engine's clock: its StartedAt (kept in `since`)
+                // to the event. Asking the engine instead would cost a round trip on the
+                // restart path.
+                let died =
+                    SystemTime::UNIX_EPOCH + Duration::from_nanos(ev.time_nanos.max(0) as u64);
+                let since = self
+                    .snap
+                    .borrow()
+                    .services
+                    .get(&service)
+                    .and_then(|s| s.since);
+                let since = match since {
+                    Some(t) => Some(t),
+                    None => self
+                        .engine
+                        .inspect_container(&ev.container_id)
+                        .await
+                        .ok()
+                        .and_then(|d| started_at(&d)),
                 };
+                let uptime = since
+                    .and_then(|s| died.duration_since(s).ok())
+                    .unwrap_or_default();
                 let delay = self.record_restart(&service, uptime, svc);
                 warn!(
                     service = %service,
                     container = %short(&ev.container_id),
                     exit_code = ev.exit_code.unwrap_or(-1),
-                    oom,
                     ran_ms = uptime.as_millis() as u64,
                     restart_in_ms = delay.as_millis() as u64,
                     "container died"
@@ -584,7 +594,12 @@ impl Supervisor {
                     s.health = Health::Unhealthy;
                     s.next_restart = Some(SystemTime::now() + delay);
                 });
-                self.schedule_restart(service, ev.container_id, delay);
+                let spec_current =
+                    ev.labels.get(berth_plan::LABEL_SPEC_HASH) == Some(&svc.spec_hash());
+                self.schedule_restart(service, ev.container_id, delay, spec_current);
+            }
+            "oom" => {
+                warn!(service = %service, container = %short(&ev.container_id), "container ran out of memory");
             }
             "destroy" => {
                 let current = self
@@ -609,7 +624,13 @@ impl Supervisor {
     /// Starts the service's stopped container again after `delay`, without a full
     /// convergence pass (no listing, no planning): the fast path for crashes. Anything
     /// unexpected (config changed, container gone) is left to a convergence pass.
-    fn schedule_restart(self: &Arc<Self>, service: String, id: String, delay: Duration) {
+    fn schedule_restart(
+        self: &Arc<Self>,
+        service: String,
+        id: String,
+        delay: Duration,
+        spec_current: bool,
+    ) {
         let this = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -623,11 +644,7 @@ impl Supervisor {
             let Some(svc) = cfg.services.get(&service) else {
                 return;
             };
-            let current_spec = match this.engine.inspect_container(&id).await {
-                Ok(d) => d.labels.get(berth_plan::LABEL_SPEC_HASH) == Some(&svc.spec_hash()),
-                Err(_) => false,
-            };
-            if !current_spec {
+            if !spec_current {
                 this.request_reconcile();
                 return;
             }

@@ -1,0 +1,433 @@
+//! `cargo xtask bench [--quick]`: berth against the plain-Docker way, same machine, same
+//! images, one run. Prints `RESULT <name> berth=<x> anchor=<y> ratio=<x/y> unit=<u>` lines
+//! and writes `target/bench/report.md`.
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, bail};
+
+use crate::{cargo_build, images, root, target_dir};
+
+struct Result {
+    name: &'static str,
+    berth: f64,
+    anchor: f64,
+    unit: &'static str,
+    goal: &'static str,
+    note: String,
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let runs = if quick { 3 } else { 7 };
+    images::build_all()?;
+    let bin = cargo_build(&["berth"])?.join("berth");
+    let dir = target_dir().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    // `cargo xtask bench [--quick] [NAME…]` runs only the named paths.
+    let only: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .collect();
+    let wanted = |name: &str| only.is_empty() || only.contains(&name);
+    let mut results = Vec::new();
+    if wanted("cold_start") {
+        results.push(cold_start(&bin, &dir, runs)?);
+    }
+    if wanted("supervisor_restart") {
+        results.push(supervisor_restart(&bin, &dir, runs)?);
+    }
+    if wanted("crash_restart") {
+        results.push(crash_restart(&bin, &dir, runs)?);
+    }
+    let mut md = String::from(
+        "# berth benchmarks\n\nMedians; berth is the debug build `cargo xtask bench` makes.\n\n| name | berth | anchor | ratio | goal | note |\n|---|---|---|---|---|---|\n",
+    );
+    for r in &results {
+        let ratio = r.berth / r.anchor;
+        println!(
+            "RESULT {} berth={:.1} anchor={:.1} ratio={:.2} unit={}",
+            r.name, r.berth, r.anchor, ratio, r.unit
+        );
+        md.push_str(&format!(
+            "| `{}` | {:.1} {u} | {:.1} {u} | {:.2} | {} | {} |\n",
+            r.name,
+            r.berth,
+            r.anchor,
+            ratio,
+            r.goal,
+            r.note,
+            u = r.unit
+        ));
+    }
+    std::fs::write(dir.join("report.md"), md)?;
+    eprintln!("report: {}", dir.join("report.md").display());
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn docker(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .context("running docker")?;
+    if !out.status.success() {
+        bail!(
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Status code of GET http://127.0.0.1:port/path, if anything answers.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = [0u8; 32];
+    let n = s.read(&mut buf).ok()?;
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > timeout {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// Removes every container, network and volume of a project (by label or compose label).
+fn clean(project: &str) {
+    for label in [
+        format!("berth.project={project}"),
+        format!("com.docker.compose.project={project}"),
+    ] {
+        let filter = format!("label={label}");
+        if let Ok(ids) = docker(&["ps", "-aq", "--filter", &filter])
+            && !ids.is_empty()
+        {
+            let mut a = vec!["rm", "-f", "-v"];
+            a.extend(ids.lines());
+            let _ = docker(&a);
+        }
+        if let Ok(n) = docker(&["network", "ls", "-q", "--filter", &filter]) {
+            for id in n.lines() {
+                let _ = docker(&["network", "rm", id]);
+            }
+        }
+        if let Ok(v) = docker(&["volume", "ls", "-q", "--filter", &filter]) {
+            for id in v.lines() {
+                let _ = docker(&["volume", "rm", "-f", id]);
+            }
+        }
+    }
+}
+
+struct Berth {
+    child: Child,
+}
+
+impl Berth {
+    fn start(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Self> {
+        let f = std::fs::File::create(log)?;
+        let child = Command::new(bin)
+            .args(["run", "-c"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()?;
+        Ok(Berth { child })
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The demo stack as a berth config and an equivalent compose file (healthchecks at 1 s).
+fn demo_files(dir: &Path, project: &str, port: u16) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let env = dir.join("bench.env");
+    std::fs::write(
+        &env,
+        "POSTGRES_PASSWORD=benchpass\nTELEGRAM_BOT_TOKEN=123:bench\n",
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o600))?;
+    let demo = std::fs::read_to_string(root().join("config/demo.toml"))?;
+    let demo = demo
+        .replace(
+            "project = \"berth-demo\"",
+            &format!("project = \"{project}\""),
+        )
+        .replace("127.0.0.1:7878", &format!("127.0.0.1:{port}"))
+        .replace("127.0.0.1:8081:8081", "127.0.0.1:0:8081")
+        .replace("../target/demo/berth.env", "bench.env")
+        .replace("../target/demo/", "");
+    let toml = dir.join(format!("{project}.toml"));
+    std::fs::write(&toml, demo)?;
+    let compose = dir.join(format!("{project}.yml"));
+    std::fs::write(
+        &compose,
+        r#"version: "2.4"
+services:
+  postgres:
+    image: berth-demo/postgres:15
+    environment: { POSTGRES_USER: bot, POSTGRES_DB: bot, POSTGRES_PASSWORD: benchpass }
+    volumes: ["pgdata:/var/lib/postgresql/data"]
+    healthcheck: { test: ["CMD", "pg_isready", "-h", "127.0.0.1", "-U", "bot"], interval: 1s, timeout: 3s, retries: 30 }
+  redis:
+    image: berth-demo/redis:7
+    volumes: ["redisdata:/data"]
+    healthcheck: { test: ["CMD", "redis-cli", "ping"], interval: 1s, timeout: 3s, retries: 30 }
+  telegram:
+    image: berth-demo/fake-telegram:latest
+    ports: ["127.0.0.1::8081"]
+    healthcheck: { test: ["CMD", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8081"], interval: 1s, timeout: 3s, retries: 30 }
+  bot:
+    image: berth-demo/bot:1
+    depends_on:
+      postgres: { condition: service_healthy }
+      redis: { condition: service_healthy }
+      telegram: { condition: service_healthy }
+    environment:
+      DATABASE_URL: postgresql://bot:benchpass@postgres:5432/bot
+      REDIS_URL: redis://redis:6379/0
+      TELEGRAM_BOT_TOKEN: "123:bench"
+      TELEGRAM_API_BASE: http://telegram:8081
+      POLL_TIMEOUT: "5"
+    read_only: true
+    tmpfs: ["/tmp"]
+    healthcheck: { test: ["CMD", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8000"], interval: 1s, timeout: 3s, retries: 30 }
+volumes: { pgdata: {}, redisdata: {} }
+"#,
+    )?;
+    Ok((toml, compose))
+}
+
+fn compose(file: &Path, project: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("docker-compose")
+        .arg("-f")
+        .arg(file)
+        .args(["-p", project])
+        .args(args)
+        .output()
+        .context("running docker-compose (apt-get install docker-compose)")?;
+    if !out.status.success() {
+        bail!(
+            "docker-compose {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn compose_all_healthy(project: &str) -> bool {
+    let filter = format!("label=com.docker.compose.project={project}");
+    let Ok(ids) = docker(&["ps", "-aq", "--filter", &filter]) else {
+        return false;
+    };
+    let ids: Vec<&str> = ids.lines().collect();
+    if ids.len() < 4 {
+        return false;
+    }
+    let mut args = vec!["inspect", "-f", "{{.State.Health.Status}}"];
+    args.extend(ids);
+    docker(&args).is_ok_and(|s| s.lines().all(|l| l == "healthy"))
+}
+
+fn cold_start(bin: &Path, dir: &Path, runs: usize) -> anyhow::Result<Result> {
+    let (mut b, mut a) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        let project = format!("bench-cold-{i}");
+        let port = free_port()?;
+        let (toml, yml) = demo_files(dir, &project, port)?;
+        clean(&project);
+        let t = Instant::now();
+        let berth = Berth::start(bin, &toml, &dir.join("cold.log"))?;
+        wait("berth healthy", Duration::from_secs(120), || {
+            http_status(port, "/health") == Some(200)
+        })?;
+        b.push(t.elapsed().as_secs_f64() * 1000.0);
+        drop(berth);
+        clean(&project);
+
+        let t = Instant::now();
+        compose(&yml, &project, &["up", "-d", "--quiet-pull"])?;
+        wait("compose healthy", Duration::from_secs(120), || {
+            compose_all_healthy(&project)
+        })?;
+        a.push(t.elapsed().as_secs_f64() * 1000.0);
+        clean(&project);
+    }
+    Ok(Result {
+        name: "cold_start",
+        berth: median(b),
+        anchor: median(a),
+        unit: "ms",
+        goal: "≤ 0.7",
+        note: "nothing → all four services healthy; compose polls healthchecks every 1 s".into(),
+    })
+}
+
+fn supervisor_restart(bin: &Path, dir: &Path, runs: usize) -> anyhow::Result<Result> {
+    let project = "bench-adopt";
+    let port = free_port()?;
+    let (toml, yml) = demo_files(dir, project, port)?;
+    clean(project);
+    let (mut b, mut a) = (Vec::new(), Vec::new());
+    {
+        let first = Berth::start(bin, &toml, &dir.join("adopt.log"))?;
+        wait("berth healthy", Duration::from_secs(120), || {
+            http_status(port, "/health") == Some(200)
+        })?;
+        drop(first);
+    }
+    for _ in 0..runs {
+        let t = Instant::now();
+        let berth = Berth::start(bin, &toml, &dir.join("adopt.log"))?;
+        wait("berth healthy", Duration::from_secs(60), || {
+            http_status(port, "/health") == Some(200)
+        })?;
+        b.push(t.elapsed().as_secs_f64() * 1000.0);
+        drop(berth);
+    }
+    clean(project);
+    compose(&yml, project, &["up", "-d"])?;
+    wait("compose healthy", Duration::from_secs(120), || {
+        compose_all_healthy(project)
+    })?;
+    for _ in 0..runs {
+        let t = Instant::now();
+        compose(&yml, project, &["up", "-d"])?;
+        a.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    clean(project);
+    Ok(Result {
+        name: "supervisor_restart",
+        berth: median(b),
+        anchor: median(a),
+        unit: "ms",
+        goal: "≤ 0.5",
+        note: "berth start → /health 200, adopting all; anchor: `docker-compose up -d` on an up-to-date stack".into(),
+    })
+}
+
+fn engine_time(s: &str) -> Option<SystemTime> {
+    // "2026-11-26T02:02:34.354021363Z": seconds via the date, nanos by hand.
+    let (secs, frac) = s.trim_end_matches('Z').split_once('.')?;
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("{secs}Z"), "+%s"])
+        .output()
+        .ok()?;
+    let secs: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    let nanos: u64 = format!("{frac:0<9}")[..9].parse().ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_nanos(nanos))
+}
+
+/// Crash (kill -9 of the main process) → running again, from the engine's own clock:
+/// new StartedAt minus the FinishedAt of the run that was killed.
+fn restart_latency(container: &str) -> anyhow::Result<f64> {
+    let state = |f: &str| docker(&["inspect", "-f", f, container]);
+    let before = state("{{.State.StartedAt}}")?;
+    let pid = state("{{.State.Pid}}")?;
+    let ok = Command::new("kill").args(["-9", &pid]).status()?.success();
+    if !ok {
+        bail!("kill -9 {pid} failed");
+    }
+    wait("restart", Duration::from_secs(30), || {
+        state("{{.State.Running}} {{.State.StartedAt}}")
+            .is_ok_and(|s| s.starts_with("true") && !s.ends_with(&before))
+    })?;
+    let started = engine_time(&state("{{.State.StartedAt}}")?).context("StartedAt")?;
+    let finished = engine_time(&state("{{.State.FinishedAt}}")?).context("FinishedAt")?;
+    Ok(started
+        .duration_since(finished)
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1000.0)
+}
+
+fn crash_restart(bin: &Path, dir: &Path, runs: usize) -> anyhow::Result<Result> {
+    let project = "bench-crash";
+    let port = free_port()?;
+    clean(project);
+    let toml = dir.join("crash.toml");
+    // reset_after = 10s, as Docker resets its restart backoff after 10 s of running.
+    std::fs::write(
+        &toml,
+        format!(
+            "[supervisor]\nproject = \"{project}\"\nhealth_listen = \"127.0.0.1:{port}\"\nstate_dir = \"crash-state\"\n\n[services.redis]\nimage = \"berth-demo/redis:7\"\nprobe = {{ redis = {{}} }}\nrestart = {{ reset_after = \"10s\" }}\n"
+        ),
+    )?;
+    let berth = Berth::start(bin, &toml, &dir.join("crash.log"))?;
+    wait("berth healthy", Duration::from_secs(60), || {
+        http_status(port, "/health") == Some(200)
+    })?;
+    let anchor = format!("{project}-docker");
+    let _ = docker(&["rm", "-f", &anchor]);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &anchor,
+        "--label",
+        &format!("berth.project={project}"),
+        // Same kind of network as berth's container: attaching to it is part of a start.
+        "--network",
+        project,
+        "--restart=always",
+        "berth-demo/redis:7",
+    ])?;
+    let (mut b, mut a) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        // Both sides must have run > 10 s so neither backs off.
+        std::thread::sleep(Duration::from_secs(11));
+        if i % 2 == 0 {
+            b.push(restart_latency(&format!("{project}-redis"))?);
+            a.push(restart_latency(&anchor)?);
+        } else {
+            a.push(restart_latency(&anchor)?);
+            b.push(restart_latency(&format!("{project}-redis"))?);
+        }
+    }
+    drop(berth);
+    clean(project);
+    Ok(Result {
+        name: "crash_restart",
+        berth: median(b),
+        anchor: median(a),
+        unit: "ms",
+        goal: "≤ 0.8",
+        note:
+            "kill -9 of the main process → running, engine timestamps; anchor: `--restart=always`"
+                .into(),
+    })
+}

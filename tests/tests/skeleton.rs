@@ -105,11 +105,30 @@ fn demo_stack_comes_up_from_nothing_and_answers_start() {
             .as_object()
             .is_none_or(|m| m.is_empty())
     );
-    // Secrets stay out of /health and the log.
+    // Secrets stay out of /health, /metrics, status and the log.
     let body = d.health().expect("health").1.to_string();
+    let metrics = http
+        .get(format!("http://127.0.0.1:{}/metrics", stack.health_port))
+        .send()
+        .and_then(|r| r.text())
+        .expect("metrics");
+    let status = Command::new(berth_bin())
+        .args(["status", "-c"])
+        .arg(&stack.config)
+        .output()
+        .expect("status");
+    let status = format!(
+        "{}{}",
+        String::from_utf8_lossy(&status.stdout),
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(status.contains("bot"), "{status}");
     let log = d.logs();
+    assert!(!log.is_empty());
     for s in &stack.secrets {
         assert!(!body.contains(s.as_str()), "secret in /health");
+        assert!(!metrics.contains(s.as_str()), "secret in /metrics");
+        assert!(!status.contains(s.as_str()), "secret in status");
         assert!(!log.contains(s.as_str()), "secret in log");
     }
 }

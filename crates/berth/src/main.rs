@@ -2,8 +2,10 @@
 
 mod http;
 mod logging;
+mod metrics;
 mod notify;
 mod probe;
+mod resources;
 mod spec;
 mod state;
 mod supervisor;
@@ -68,6 +70,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show a service's container logs
+    Logs {
+        #[command(flatten)]
+        config: ConfigArg,
+        service: String,
+        /// Keep following new lines
+        #[arg(short, long)]
+        follow: bool,
+        /// Show the last N lines (all if not given)
+        #[arg(short = 'n', long = "lines")]
+        lines: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -106,6 +120,18 @@ fn main() -> ExitCode {
                     eprintln!("error: {e:#}");
                     ExitCode::from(1)
                 })
+        }
+        Command::Logs {
+            config,
+            service,
+            follow,
+            lines,
+        } => {
+            let cfg = match load_or_exit(&config.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            exit(runtime().and_then(|rt| rt.block_on(logs(cfg, service, follow, lines))))
         }
         Command::Run { config, log_json } => {
             let cfg = match load_or_exit(&config.config) {
@@ -168,6 +194,37 @@ async fn plan(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn logs(
+    cfg: Config,
+    service: String,
+    follow: bool,
+    lines: Option<u64>,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use std::io::Write;
+    if !cfg.services.contains_key(&service) {
+        anyhow::bail!(
+            "no service {service:?} in {} (services: {})",
+            cfg.path.display(),
+            cfg.services.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let engine = connect().await?;
+    let name = cfg.container_name(&service);
+    engine
+        .inspect_container(&name)
+        .await
+        .with_context(|| format!("service {service} has no container yet"))?;
+    let mut stream = engine.logs(&name, lines, follow);
+    while let Some(chunk) = stream.next().await {
+        match chunk? {
+            berth_engine::Output::Stdout(b) => std::io::stdout().write_all(&b)?,
+            berth_engine::Output::Stderr(b) => std::io::stderr().write_all(&b)?,
+        }
+    }
+    Ok(())
+}
+
 async fn status(cfg: Config, json: bool) -> ExitCode {
     let url = format!("http://{}/health", cfg.supervisor.health_listen);
     let client = reqwest::Client::builder()
@@ -175,20 +232,16 @@ async fn status(cfg: Config, json: bool) -> ExitCode {
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap_or_default();
-    let body: serde_json::Value = match client.get(&url).send().await {
-        Ok(r) => match r.json().await {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("berth daemon at {url} answered something that is not /health JSON: {e}");
-                return ExitCode::from(3);
-            }
-        },
-        Err(_) => {
-            eprintln!(
-                "berth daemon is not answering at {url}: is `berth run` (the berth service) running?"
-            );
-            return ExitCode::from(3);
-        }
+    let body: Option<serde_json::Value> = match client.get(&url).send().await {
+        Ok(r) => r.json().await.ok(),
+        Err(_) => None,
+    };
+    let Some(body) = body else {
+        eprintln!(
+            "berth daemon is not answering at {url}: is `berth run` (the berth service) running?"
+        );
+        engine_only_status(&cfg).await;
+        return ExitCode::from(3);
     };
     if json {
         println!(
@@ -196,28 +249,119 @@ async fn status(cfg: Config, json: bool) -> ExitCode {
             serde_json::to_string_pretty(&body).unwrap_or_default()
         );
     } else {
-        println!("status: {}", body["status"].as_str().unwrap_or("?"));
-        println!(
-            "{:<12} {:<9} {:<10} {:>8}  image",
-            "SERVICE", "STATE", "HEALTH", "RESTARTS"
-        );
-        if let Some(svcs) = body["services"].as_object() {
-            for (name, s) in svcs {
-                println!(
-                    "{:<12} {:<9} {:<10} {:>8}  {}",
-                    name,
-                    s["state"].as_str().unwrap_or("?"),
-                    s["health"].as_str().unwrap_or("?"),
-                    s["restarts"].as_u64().unwrap_or(0),
-                    s["image"].as_str().unwrap_or("?"),
-                );
-            }
-        }
+        print!("{}", status_table(&body));
     }
     if body["status"] == "down" {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// The `berth status` table from a /health document.
+fn status_table(body: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let now = std::time::SystemTime::now();
+    let uptime = |since: &serde_json::Value| -> String {
+        since
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .and_then(|t| now.duration_since(t).ok())
+            .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "status: {}   engine: {}   config generation {}",
+        body["status"].as_str().unwrap_or("?"),
+        body["engine"].as_str().unwrap_or("?"),
+        body["config"]["generation"]
+    );
+    if let Some(e) = body["config"]["error"].as_str() {
+        let _ = writeln!(out, "config reload rejected: {e}");
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<12} {:<9} {:<10} {:>8}  {:<14} IMAGE",
+        "SERVICE", "STATE", "HEALTH", "RESTARTS", "UPTIME"
+    );
+    for (name, s) in body["services"].as_object().into_iter().flatten() {
+        let mut health = s["health"].as_str().unwrap_or("?").to_string();
+        if s["crashloop"] == true {
+            health.push_str(" (crash loop)");
+        }
+        let _ = writeln!(
+            out,
+            "{:<12} {:<9} {:<10} {:>8}  {:<14} {}",
+            name,
+            s["state"].as_str().unwrap_or("?"),
+            health,
+            s["restarts"].as_u64().unwrap_or(0),
+            uptime(&s["since"]),
+            s["image"].as_str().unwrap_or("?"),
+        );
+        if let Some(err) = s["probe"]["error"].as_str() {
+            let _ = writeln!(out, "{:<12} probe: {err}", "");
+        }
+    }
+    let b = &body["backup"];
+    let _ = match b["last_ok_at"].as_str() {
+        Some(t) => writeln!(
+            out,
+            "\nbackup: last ok {t} ({} ago), {} kept",
+            uptime(&b["last_ok_at"]),
+            b["count"]
+        ),
+        None => writeln!(out, "\nbackup: none yet"),
+    };
+    if let Some(e) = b["last_error"].as_str() {
+        let _ = writeln!(out, "backup: last attempt failed: {e}");
+    }
+    for (svc, d) in body["deploy"].as_object().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "deploy: {svc} {} (previous {}) at {}: {}",
+            d["image"].as_str().unwrap_or("?"),
+            d["previous_image"].as_str().unwrap_or("-"),
+            d["at"].as_str().unwrap_or("?"),
+            d["outcome"].as_str().unwrap_or("?")
+        );
+    }
+    out
+}
+
+/// What the engine alone can tell when the daemon does not answer.
+async fn engine_only_status(cfg: &Config) {
+    let engine = match connect().await {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("and the engine cannot be asked either: {e:#}");
+            return;
+        }
+    };
+    match engine
+        .containers(berth_plan::LABEL_PROJECT, &cfg.supervisor.project)
+        .await
+    {
+        Ok(list) => {
+            println!(
+                "containers of project {} (from the engine):",
+                cfg.supervisor.project
+            );
+            for name in cfg.services.keys() {
+                let c = list
+                    .iter()
+                    .find(|c| c.labels.get(berth_plan::LABEL_SERVICE) == Some(name));
+                let state = match c {
+                    Some(c) if c.running => "running",
+                    Some(_) => "stopped",
+                    None => "no container",
+                };
+                println!("  {name:<12} {state}");
+            }
+        }
+        Err(e) => eprintln!("engine: {e}"),
     }
 }
 
@@ -254,6 +398,7 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         tokio::spawn(sup.clone().converge_loop(first_tx)),
         tokio::spawn(sup.clone().event_loop()),
         tokio::spawn(sup.clone().status_loop()),
+        tokio::spawn(sup.clone().resources_loop()),
     ];
     let mut probes = spawn_probes(&sup);
     let mut ready = false;

@@ -107,12 +107,38 @@ pub struct ConfigStatus {
     pub error: Option<String>,
 }
 
+/// Host figures for the filesystem that holds state and backups.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Resources {
+    pub disk_free_bytes: u64,
+    pub disk_used_ratio: f64,
+    pub mem_available_bytes: u64,
+    pub load1: f64,
+}
+
+/// Backups so far (filled in by the backup scheduler).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BackupStatus {
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub last_ok_at: Option<SystemTime>,
+    pub age_s: Option<u64>,
+    pub last_error: Option<String>,
+    pub count: u64,
+    #[serde(skip)]
+    pub last_size_bytes: Option<u64>,
+}
+
+/// Disk use above this makes the status `degraded`.
+pub const DISK_USED_DEGRADED: f64 = 0.9;
+
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub started_at: SystemTime,
     pub config: ConfigStatus,
     pub engine_connected: bool,
     pub services: BTreeMap<String, ServiceStatus>,
+    pub resources: Option<Resources>,
+    pub backup: BackupStatus,
 }
 
 impl Snapshot {
@@ -126,6 +152,8 @@ impl Snapshot {
             },
             engine_connected: false,
             services: BTreeMap::new(),
+            resources: None,
+            backup: BackupStatus::default(),
         }
     }
 
@@ -139,11 +167,30 @@ impl Snapshot {
     pub fn overall(&self) -> &'static str {
         if !self.all_healthy() || !self.engine_connected {
             "down"
-        } else if self.config.error.is_some() {
+        } else if self.attention().is_some() {
             "degraded"
         } else {
             "ok"
         }
+    }
+
+    /// What needs attention while every service is healthy, if anything.
+    pub fn attention(&self) -> Option<String> {
+        if let Some(e) = &self.config.error {
+            return Some(format!(
+                "config reload rejected: {}",
+                e.lines().next().unwrap_or("")
+            ));
+        }
+        if let Some(r) = &self.resources
+            && r.disk_used_ratio > DISK_USED_DEGRADED
+        {
+            return Some(format!("disk {:.0}% full", r.disk_used_ratio * 100.0));
+        }
+        if let Some(e) = &self.backup.last_error {
+            return Some(format!("last backup failed: {e}"));
+        }
+        None
     }
 
     /// One line for systemd's STATUS= and logs.
@@ -174,15 +221,25 @@ impl Snapshot {
         if !self.engine_connected {
             line.push_str("; engine unreachable");
         }
+        if let Some(a) = self.attention() {
+            line.push_str("; ");
+            line.push_str(&a);
+        }
         line
     }
 
     /// The `/health` document (DESIGN §5).
     pub fn to_json(&self) -> serde_json::Value {
-        let uptime = SystemTime::now()
+        let now = SystemTime::now();
+        let uptime = now
             .duration_since(self.started_at)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let mut backup = self.backup.clone();
+        backup.age_s = backup
+            .last_ok_at
+            .and_then(|t| now.duration_since(t).ok())
+            .map(|d| d.as_secs());
         serde_json::json!({
             "status": self.overall(),
             "version": env!("CARGO_PKG_VERSION"),
@@ -190,8 +247,8 @@ impl Snapshot {
             "engine": if self.engine_connected { "connected" } else { "unreachable" },
             "config": self.config,
             "services": self.services,
-            "backup": { "last_ok_at": null, "age_s": null, "last_error": null, "count": 0 },
-            "resources": null,
+            "backup": backup,
+            "resources": self.resources,
             "deploy": {},
         })
     }

@@ -734,6 +734,25 @@ impl Supervisor {
         }
     }
 
+    /// Samples disk, memory and load every ten seconds (off the async workers: statvfs
+    /// can block on a sick filesystem).
+    pub async fn resources_loop(self: Arc<Self>) {
+        loop {
+            let cfg = self.config();
+            let dir = cfg
+                .backup
+                .as_ref()
+                .map(|b| b.dir.clone())
+                .filter(|d| d.exists())
+                .unwrap_or_else(|| cfg.supervisor.state_dir.clone());
+            if let Ok(r) = tokio::task::spawn_blocking(move || crate::resources::sample(&dir)).await
+            {
+                self.update(|s| s.resources = Some(r));
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    }
+
     /// Sends systemd a STATUS= line whenever the one-line summary changes.
     pub async fn status_loop(self: Arc<Self>) {
         let mut rx = self.snap.subscribe();

@@ -25,7 +25,7 @@ fn berth(stack: &Stack, args: &[&str]) -> std::process::Output {
 }
 
 fn is_time(v: &Value) -> bool {
-    v.as_str().is_some_and(|s| humantime_like(s))
+    v.as_str().is_some_and(humantime_like)
 }
 
 /// RFC 3339 in UTC, as berth writes it: 2026-11-26T01:02:03Z.

@@ -7,11 +7,10 @@ use crate::state::Resources;
 pub fn sample(dir: &Path) -> Resources {
     let mut r = Resources::default();
     if let Ok(st) = nix::sys::statvfs::statvfs(dir) {
-        // The field types differ between platforms (u32 on some), hence `from`.
-        let frag = u64::from(st.fragment_size());
-        let total = u64::from(st.blocks()) * frag;
-        let free = u64::from(st.blocks_available()) * frag;
-        let used = total.saturating_sub(u64::from(st.blocks_free()) * frag);
+        let frag = st.fragment_size();
+        let total = st.blocks() * frag;
+        let free = st.blocks_available() * frag;
+        let used = total.saturating_sub(st.blocks_free() * frag);
         r.disk_free_bytes = free;
         // Used as df counts it: of the space non-root users could have.
         let usable = used + free;

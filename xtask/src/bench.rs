@@ -44,8 +44,18 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if wanted("crash_restart") {
         results.push(crash_restart(&bin, &dir, runs)?);
     }
+    if wanted("health_rps") || wanted("idle_rss") {
+        // Throughput and memory are properties of the build users run: release.
+        let release = crate::cargo_build_release(&["berth"])?.join("berth");
+        if wanted("health_rps") {
+            results.push(health_rps(&release, &dir, quick)?);
+        }
+        if wanted("idle_rss") {
+            results.push(idle_rss(&release, &dir, quick)?);
+        }
+    }
     let mut md = String::from(
-        "# berth benchmarks\n\nMedians; berth is the debug build `cargo xtask bench` makes.\n\n| name | berth | anchor | ratio | goal | note |\n|---|---|---|---|---|---|\n",
+        "# berth benchmarks\n\nMedians. Timing paths use the debug build (berth's own work is a few ms of them); `health_rps` and `idle_rss` use the release build.\n\n| name | berth | anchor | ratio | goal | note |\n|---|---|---|---|---|---|\n",
     );
     for r in &results {
         let ratio = r.berth / r.anchor;
@@ -429,5 +439,148 @@ fn crash_restart(bin: &Path, dir: &Path, runs: usize) -> anyhow::Result<Result> 
         note:
             "kill -9 of the main process → running, engine timestamps; anchor: `--restart=always`"
                 .into(),
+    })
+}
+
+fn tool(name: &str) -> anyhow::Result<()> {
+    if Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()?
+        .status
+        .success()
+    {
+        Ok(())
+    } else {
+        bail!("{name} is missing: apt-get install {name}")
+    }
+}
+
+/// Requests per second wrk measured against `url` (2 threads, 32 connections).
+fn wrk(url: &str, secs: u32) -> anyhow::Result<f64> {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c32", &format!("-d{secs}s"), url])
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))
+}
+
+fn health_rps(bin: &Path, dir: &Path, quick: bool) -> anyhow::Result<Result> {
+    tool("wrk")?;
+    tool("nginx")?;
+    let project = "bench-rps";
+    let port = free_port()?;
+    clean(project);
+    let toml = dir.join("rps.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[supervisor]\nproject = \"{project}\"\nhealth_listen = \"127.0.0.1:{port}\"\nstate_dir = \"rps-state\"\n\n[services.redis]\nimage = \"berth-demo/redis:7\"\nprobe = {{ redis = {{}} }}\n"
+        ),
+    )?;
+    let berth = Berth::start(bin, &toml, &dir.join("rps.log"))?;
+    wait("berth healthy", Duration::from_secs(60), || {
+        http_status(port, "/health") == Some(200)
+    })?;
+    // nginx serves a static copy of the same document.
+    let body = {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        write!(s, "GET /health HTTP/1.0\r\n\r\n")?;
+        let mut all = String::new();
+        s.read_to_string(&mut all)?;
+        all.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
+    };
+    let www = dir.join("nginx");
+    std::fs::create_dir_all(www.join("logs"))?;
+    std::fs::write(www.join("health"), &body)?;
+    let nport = free_port()?;
+    std::fs::write(
+        www.join("nginx.conf"),
+        format!(
+            "daemon off;\nworker_processes auto;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{ access_log off; server {{ listen 127.0.0.1:{nport}; root {p}; location / {{ default_type application/json; }} }} }}\n",
+            p = www.display()
+        ),
+    )?;
+    let mut nginx = Command::new("nginx")
+        .args(["-p"])
+        .arg(&www)
+        .args(["-c"])
+        .arg(www.join("nginx.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting nginx")?;
+    wait("nginx", Duration::from_secs(10), || {
+        http_status(nport, "/health") == Some(200)
+    })?;
+    let secs = if quick { 3 } else { 10 };
+    let b = wrk(&format!("http://127.0.0.1:{port}/health"), secs)?;
+    let a = wrk(&format!("http://127.0.0.1:{nport}/health"), secs)?;
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+    drop(berth);
+    clean(project);
+    Ok(Result {
+        name: "health_rps",
+        berth: b,
+        anchor: a,
+        unit: "rps",
+        goal: "≥ 0.5",
+        note: format!(
+            "wrk -t2 -c32 on loopback; nginx serves the same {} byte document as a file",
+            body.len()
+        ),
+    })
+}
+
+/// RSS (KiB) and CPU ticks of a process, from /proc.
+fn proc_usage(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmRSS")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    Ok((rss, ticks))
+}
+
+fn idle_rss(bin: &Path, dir: &Path, quick: bool) -> anyhow::Result<Result> {
+    let project = "bench-idle";
+    let port = free_port()?;
+    let (toml, _) = demo_files(dir, project, port)?;
+    clean(project);
+    let berth = Berth::start(bin, &toml, &dir.join("idle.log"))?;
+    wait("berth healthy", Duration::from_secs(120), || {
+        http_status(port, "/health") == Some(200)
+    })?;
+    std::thread::sleep(Duration::from_secs(5));
+    let pid = berth.child.id();
+    let window = Duration::from_secs(if quick { 20 } else { 60 });
+    let (_, t0) = proc_usage(pid)?;
+    std::thread::sleep(window);
+    let (rss, t1) = proc_usage(pid)?;
+    let cpu = (t1 - t0) as f64 / 100.0 / window.as_secs_f64() * 100.0;
+    drop(berth);
+    clean(project);
+    Ok(Result {
+        name: "idle_rss",
+        berth: rss as f64 / 1024.0,
+        anchor: 15.0,
+        unit: "MiB",
+        goal: "≤ 1.0",
+        note: format!(
+            "demo stack idle; anchor is the 15 MiB budget; idle CPU {cpu:.2} % over {}s",
+            window.as_secs()
+        ),
     })
 }

@@ -75,6 +75,17 @@ pub fn cargo_build(packages: &[&str]) -> anyhow::Result<PathBuf> {
     Ok(target_dir().join("debug"))
 }
 
+/// Builds these binary packages with the release profile; returns their folder.
+pub fn cargo_build_release(packages: &[&str]) -> anyhow::Result<PathBuf> {
+    let mut c = cargo();
+    c.args(["build", "--quiet", "--release"]);
+    for p in packages {
+        c.args(["-p", p]);
+    }
+    run(&mut c)?;
+    Ok(target_dir().join("release"))
+}
+
 fn demo() -> anyhow::Result<()> {
     images::build_all()?;
     let dir = target_dir().join("demo");

@@ -1,10 +1,11 @@
 //! `/health` and `/metrics` on the loopback address. Both bodies are rendered from the
-//! snapshot by one task, when it changes and once a second (for `uptime_s`); a request
-//! only clones the rendered bytes, so it never waits on Docker, a database or a lock
-//! that the supervisor holds.
+//! snapshot at most once per change or second (for `uptime_s`), and only when someone
+//! asks; a request otherwise clones the rendered bytes. It never waits on Docker or a
+//! database.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -46,37 +47,48 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for /health: {e}"))
 }
 
+struct Cache {
+    snap: watch::Receiver<Snapshot>,
+    at: Instant,
+    rendered: Rendered,
+}
+
+type Shared = Arc<Mutex<Cache>>;
+
+/// The rendered bodies, fresh to the second.
+fn current(cache: &Shared) -> Rendered {
+    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if c.snap.has_changed().unwrap_or(false) || c.at.elapsed() >= Duration::from_secs(1) {
+        let r = render(&c.snap.borrow_and_update());
+        c.rendered = r;
+        c.at = Instant::now();
+    }
+    c.rendered.clone()
+}
+
 pub async fn serve(
     listener: tokio::net::TcpListener,
     mut snap: watch::Receiver<Snapshot>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (tx, rx) = watch::channel(render(&snap.borrow_and_update()));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                r = snap.changed() => if r.is_err() { return },
-                _ = tick.tick() => {}
-            }
-            let r = render(&snap.borrow_and_update());
-            if tx.send(r).is_err() {
-                return;
-            }
-        }
-    });
+    let rendered = render(&snap.borrow_and_update());
+    let cache: Shared = Arc::new(Mutex::new(Cache {
+        snap,
+        at: Instant::now(),
+        rendered,
+    }));
     let app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .with_state(rx);
+        .with_state(cache);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
 }
 
-async fn health(State(r): State<watch::Receiver<Rendered>>) -> impl IntoResponse {
-    let r = r.borrow().clone();
+async fn health(State(cache): State<Shared>) -> impl IntoResponse {
+    let r = current(&cache);
     (
         r.health_code,
         [(header::CONTENT_TYPE, "application/json")],
@@ -84,13 +96,12 @@ async fn health(State(r): State<watch::Receiver<Rendered>>) -> impl IntoResponse
     )
 }
 
-async fn metrics(State(r): State<watch::Receiver<Rendered>>) -> impl IntoResponse {
-    let body = r.borrow().metrics.clone();
+async fn metrics(State(cache): State<Shared>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        body,
+        current(&cache).metrics,
     )
 }

@@ -250,24 +250,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &Path, dir: &Path, health_port: u16) -> Self {
-        let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
-        let log = dir.join(format!("berth-{n}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(berth_bin())
-            .args(["run", "-c"])
-            .arg(config)
-            .env("BERTH_LOG", "info,berth=debug")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log"))
-            .stderr(file)
-            .spawn()
-            .expect("spawn berth");
-        Daemon {
-            child,
-            log,
-            health_port,
-        }
+        Self::start_env(config, dir, health_port, &[])
     }
 
     pub fn pid(&self) -> u32 {

@@ -133,24 +133,26 @@ fn demo_stack_comes_up_from_nothing_and_answers_start() {
     }
 }
 
+/// (service, container id, StartedAt) of each of the stack's containers.
+fn ids_and_start_times(stack: &Stack) -> Vec<(String, String, String)> {
+    stack
+        .containers()
+        .into_iter()
+        .map(|(svc, id)| {
+            let c = inspect(&id);
+            let field = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+            (svc, field(&c["Id"]), field(&c["State"]["StartedAt"]))
+        })
+        .collect()
+}
+
 #[test]
 fn sigkill_and_restart_adopts_every_container() {
     let stack = Stack::new("adopt");
     stack.write_config(&stack.demo_config("berth-demo/bot:1"));
     let mut d = stack.start();
     d.wait_healthy(UP);
-    let before: Vec<(String, String, String)> = stack
-        .containers()
-        .into_iter()
-        .map(|(svc, id)| {
-            let c = inspect(&id);
-            (
-                svc,
-                c["Id"].as_str().unwrap_or("").to_string(),
-                c["State"]["StartedAt"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
+    let before = ids_and_start_times(&stack);
     assert_eq!(before.len(), 4);
     assert!(
         d.logs()
@@ -161,18 +163,7 @@ fn sigkill_and_restart_adopts_every_container() {
 
     let mut d2 = stack.start();
     d2.wait_healthy(UP);
-    let after: Vec<(String, String, String)> = stack
-        .containers()
-        .into_iter()
-        .map(|(svc, id)| {
-            let c = inspect(&id);
-            (
-                svc,
-                c["Id"].as_str().unwrap_or("").to_string(),
-                c["State"]["StartedAt"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
+    let after = ids_and_start_times(&stack);
     assert_eq!(before, after, "same containers, never restarted");
     let log = d2.logs();
     assert!(log.contains("first convergence done"), "{log}");

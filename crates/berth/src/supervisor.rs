@@ -505,6 +505,15 @@ impl Supervisor {
         }
     }
 
+    /// The container berth currently runs for `service`, if any.
+    fn current_container(&self, service: &str) -> Option<String> {
+        self.snap
+            .borrow()
+            .services
+            .get(service)
+            .and_then(|s| s.container_id.clone())
+    }
+
     /// Follows the engine's events; reconnects when the stream ends.
     pub async fn event_loop(self: Arc<Self>) {
         let mut delay = Duration::from_millis(200);
@@ -544,12 +553,7 @@ impl Supervisor {
                     .lock()
                     .map(|mut s| s.remove(&ev.container_id))
                     .unwrap_or(false);
-                let current = self
-                    .snap
-                    .borrow()
-                    .services
-                    .get(&service)
-                    .and_then(|s| s.container_id.clone());
+                let current = self.current_container(&service);
                 if expected || current.as_deref() != Some(ev.container_id.as_str()) {
                     return;
                 }
@@ -602,12 +606,7 @@ impl Supervisor {
                 warn!(service = %service, container = %short(&ev.container_id), "container ran out of memory");
             }
             "destroy" => {
-                let current = self
-                    .snap
-                    .borrow()
-                    .services
-                    .get(&service)
-                    .and_then(|s| s.container_id.clone());
+                let current = self.current_container(&service);
                 if current.as_deref() == Some(ev.container_id.as_str()) {
                     self.update_service(&service, |s| {
                         s.container_id = None;

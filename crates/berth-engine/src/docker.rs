@@ -403,9 +403,10 @@ impl Engine for DockerEngine {
             .boxed()
     }
 
-    async fn exec_stream(&self, id: &str, cmd: &[String]) -> Result<ExecStream> {
+    async fn exec_stream(&self, id: &str, cmd: &[String], stdin: bool) -> Result<ExecStream> {
         let opts = CreateExecOptions {
             cmd: Some(cmd.to_vec()),
+            attach_stdin: Some(stdin),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             tty: Some(false),
@@ -422,8 +423,8 @@ impl Engine for DockerEngine {
             .start_exec(&created.id, None)
             .await
             .map_err(err(what.clone()))?;
-        let output = match started {
-            StartExecResults::Attached { output, .. } => output
+        let (output, input) = match started {
+            StartExecResults::Attached { output, input } => (output
                 .filter_map(move |r| {
                     let what = what.clone();
                     async move {
@@ -442,12 +443,13 @@ impl Engine for DockerEngine {
                         }
                     }
                 })
-                .boxed(),
-            StartExecResults::Detached => futures::stream::empty().boxed(),
+                .boxed(), stdin.then_some(input)),
+            StartExecResults::Detached => (futures::stream::empty().boxed(), None),
         };
         Ok(ExecStream {
             exec_id: created.id,
             output,
+            input,
         })
     }
 

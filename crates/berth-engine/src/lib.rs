@@ -122,10 +122,12 @@ pub enum Output {
     Stderr(Vec<u8>),
 }
 
-/// A running exec: its output, and its id to ask for the exit code once the output ends.
+/// A running exec: its output, its stdin if asked for (shut it down to send EOF), and its
+/// id to ask for the exit code once the output ends.
 pub struct ExecStream {
     pub exec_id: String,
     pub output: BoxStream<'static, Result<Output>>,
+    pub input: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
 }
 
 /// Collected result of a short exec.
@@ -160,8 +162,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Container events for containers carrying `label=value`, as they happen. The stream
     /// ends (or yields an error) when the engine connection is lost.
     fn events(&self, label: &str, value: &str) -> BoxStream<'static, Result<Event>>;
-    /// Runs `cmd` in a running container, streaming its output.
-    async fn exec_stream(&self, id: &str, cmd: &[String]) -> Result<ExecStream>;
+    /// Runs `cmd` in a running container, streaming its output; with `stdin`, the
+    /// stream's `input` writes to the command's standard input.
+    async fn exec_stream(&self, id: &str, cmd: &[String], stdin: bool) -> Result<ExecStream>;
     /// Exit code of a finished exec (waits briefly if it is still finishing).
     async fn exec_exit_code(&self, exec_id: &str) -> Result<i64>;
     /// Container logs: the last `tail` lines (all if None), then new lines if `follow`.
@@ -171,7 +174,7 @@ pub trait Engine: Send + Sync + 'static {
     /// Runs `cmd` and collects its output. For short commands only (probes, checks).
     async fn exec(&self, id: &str, cmd: &[String]) -> Result<ExecResult> {
         use futures::StreamExt;
-        let mut s = self.exec_stream(id, cmd).await?;
+        let mut s = self.exec_stream(id, cmd, false).await?;
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         while let Some(chunk) = s.output.next().await {
             match chunk? {

@@ -8,6 +8,8 @@ use std::fmt;
 
 use berth_config::Config;
 
+pub mod retention;
+
 /// Labels berth puts on everything it creates.
 pub const LABEL_PROJECT: &str = "berth.project";
 pub const LABEL_SERVICE: &str = "berth.service";

@@ -240,6 +240,30 @@ pub enum Schedule {
     Cron(String),
 }
 
+impl Schedule {
+    /// The schedule as a cron expression (five fields, or six with seconds first).
+    pub fn cron_expression(&self) -> String {
+        match self {
+            Schedule::Daily { hour, minute } => format!("{minute} {hour} * * *"),
+            Schedule::Cron(c) => c.clone(),
+        }
+    }
+
+    /// The schedule, ready to evaluate.
+    pub fn cron(&self) -> Result<croner::Cron, String> {
+        parse_cron(&self.cron_expression())
+    }
+}
+
+pub(crate) fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    use croner::parser::{CronParser, Seconds};
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .build()
+        .parse(expr)
+        .map_err(|e| e.to_string())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verify {
     None,

@@ -904,17 +904,14 @@ pub(crate) fn parse_schedule(s: &str) -> Result<Schedule, String> {
         };
     }
     let fields: Vec<&str> = s.split_whitespace().collect();
-    let ok_chars = |f: &str| {
-        f.chars()
-            .all(|c| c.is_ascii_alphanumeric() || ",-*/".contains(c))
-    };
-    if fields.len() == 5 && fields.iter().all(|f| ok_chars(f)) {
-        Ok(Schedule::Cron(fields.join(" ")))
-    } else {
-        Err(format!(
-            "{s:?} is neither HH:MM nor a five-field cron expression like \"30 3 * * *\""
-        ))
+    if !(5..=6).contains(&fields.len()) {
+        return Err(format!(
+            "{s:?} is neither HH:MM nor a cron expression like \"30 3 * * *\" (five fields, or six with seconds first)"
+        ));
     }
+    let expr = fields.join(" ");
+    crate::model::parse_cron(&expr).map_err(|e| format!("{s:?}: {e}"))?;
+    Ok(Schedule::Cron(expr))
 }
 
 #[cfg(test)]

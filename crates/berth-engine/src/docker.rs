@@ -424,26 +424,29 @@ impl Engine for DockerEngine {
             .await
             .map_err(err(what.clone()))?;
         let (output, input) = match started {
-            StartExecResults::Attached { output, input } => (output
-                .filter_map(move |r| {
-                    let what = what.clone();
-                    async move {
-                        match r {
-                            Ok(bollard::container::LogOutput::StdOut { message }) => {
-                                Some(Ok(Output::Stdout(message.to_vec())))
+            StartExecResults::Attached { output, input } => (
+                output
+                    .filter_map(move |r| {
+                        let what = what.clone();
+                        async move {
+                            match r {
+                                Ok(bollard::container::LogOutput::StdOut { message }) => {
+                                    Some(Ok(Output::Stdout(message.to_vec())))
+                                }
+                                Ok(bollard::container::LogOutput::StdErr { message }) => {
+                                    Some(Ok(Output::Stderr(message.to_vec())))
+                                }
+                                Ok(bollard::container::LogOutput::Console { message }) => {
+                                    Some(Ok(Output::Stdout(message.to_vec())))
+                                }
+                                Ok(bollard::container::LogOutput::StdIn { .. }) => None,
+                                Err(e) => Some(Err(err(what)(e))),
                             }
-                            Ok(bollard::container::LogOutput::StdErr { message }) => {
-                                Some(Ok(Output::Stderr(message.to_vec())))
-                            }
-                            Ok(bollard::container::LogOutput::Console { message }) => {
-                                Some(Ok(Output::Stdout(message.to_vec())))
-                            }
-                            Ok(bollard::container::LogOutput::StdIn { .. }) => None,
-                            Err(e) => Some(Err(err(what)(e))),
                         }
-                    }
-                })
-                .boxed(), stdin.then_some(input)),
+                    })
+                    .boxed(),
+                stdin.then_some(input),
+            ),
             StartExecResults::Detached => (futures::stream::empty().boxed(), None),
         };
         Ok(ExecStream {

@@ -108,20 +108,55 @@ mod tests {
         // (name, backups as (id, days ago, verified), keep, expected deletions)
         let daily_only: Vec<Candidate> = (0..10).map(|d| c(&format!("d{d}"), d, true)).collect();
         let cases: Vec<(&str, Vec<Candidate>, Keep, Vec<&str>)> = vec![
-            ("nothing to do", vec![c("a", 0, true)], keep(7, 4, 6), vec![]),
-            ("seven dailies of ten", daily_only.clone(), keep(7, 0, 0), vec!["d9", "d8", "d7"]),
+            (
+                "nothing to do",
+                vec![c("a", 0, true)],
+                keep(7, 4, 6),
+                vec![],
+            ),
+            (
+                "seven dailies of ten",
+                daily_only.clone(),
+                keep(7, 0, 0),
+                vec!["d9", "d8", "d7"],
+            ),
             // Weekly keeps the newest of each of 2 weeks: Thu 26 (d0) and the week before
             // (d4 = Sun 22nd is the newest of Mon 16..Sun 22).
-            ("two dailies, two weeklies", daily_only.clone(), keep(2, 2, 0), vec!["d9", "d8", "d7", "d6", "d5", "d3", "d2"]),
-            ("monthly reaches back", vec![c("now", 0, true), c("oct", 30, true), c("sep", 60, true), c("aug", 95, true)], keep(1, 0, 3), vec!["aug"]),
-            ("two backups one day: newer kept", vec![c("late", 0, true), c("early", 0, true)], keep(1, 0, 0), vec!["early"]),
+            (
+                "two dailies, two weeklies",
+                daily_only.clone(),
+                keep(2, 2, 0),
+                vec!["d9", "d8", "d7", "d6", "d5", "d3", "d2"],
+            ),
+            (
+                "monthly reaches back",
+                vec![
+                    c("now", 0, true),
+                    c("oct", 30, true),
+                    c("sep", 60, true),
+                    c("aug", 95, true),
+                ],
+                keep(1, 0, 3),
+                vec!["aug"],
+            ),
+            (
+                "two backups one day: newer kept",
+                vec![c("late", 0, true), c("early", 0, true)],
+                keep(1, 0, 0),
+                vec!["early"],
+            ),
             (
                 "the newest verified backup is never deleted",
                 vec![c("bad0", 0, false), c("bad1", 1, false), c("good", 2, true)],
                 keep(1, 0, 0),
                 vec!["bad1"],
             ),
-            ("zero keep still keeps the newest", vec![c("a", 0, true), c("b", 1, true)], keep(0, 0, 0), vec!["b"]),
+            (
+                "zero keep still keeps the newest",
+                vec![c("a", 0, true), c("b", 1, true)],
+                keep(0, 0, 0),
+                vec!["b"],
+            ),
         ];
         for (name, backups, k, want) in cases {
             assert_eq!(to_delete(&backups, k), want, "{name}");
@@ -130,7 +165,9 @@ mod tests {
 
     #[test]
     fn input_order_does_not_matter() {
-        let mut b: Vec<Candidate> = (0..20).map(|d| c(&format!("b{d:02}"), d * 3, d % 4 == 0)).collect();
+        let mut b: Vec<Candidate> = (0..20)
+            .map(|d| c(&format!("b{d:02}"), d * 3, d % 4 == 0))
+            .collect();
         let first = to_delete(&b, keep(3, 2, 2));
         b.reverse();
         assert_eq!(to_delete(&b, keep(3, 2, 2)), first);

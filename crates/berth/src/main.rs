@@ -1,5 +1,7 @@
 //! berth: a supervisor daemon and CLI for a bot stack on one Docker host.
 
+mod admin;
+mod backup;
 mod http;
 mod logging;
 mod metrics;
@@ -70,6 +72,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Take a backup now, wait for it, print its id
+    Backup {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List backups: id, time, size, sha256, verified
+    Backups {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup (an id or `latest`): stops dependants, replaces the database, starts them
+    Restore {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Backup id, or `latest`
+        which: String,
+        /// Do not ask for confirmation
+        #[arg(long)]
+        yes: bool,
+    },
     /// Show a service's container logs
     Logs {
         #[command(flatten)]
@@ -121,6 +145,18 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 })
         }
+        Command::Backup { config } => {
+            with_config(&config, |cfg| async move { backup_cmd(cfg).await })
+        }
+        Command::Backups { config, json } => {
+            with_config(&config, |cfg| async move { backups_cmd(cfg, json) })
+        }
+        Command::Restore { config, which, yes } => {
+            with_config(
+                &config,
+                |cfg| async move { restore_cmd(cfg, which, yes).await },
+            )
+        }
         Command::Logs {
             config,
             service,
@@ -146,6 +182,123 @@ fn main() -> ExitCode {
             exit(r)
         }
     }
+}
+
+/// Loads the config and runs `f` on a runtime; errors print as one line, exit 1.
+fn with_config<F, Fut>(arg: &ConfigArg, f: F) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    match load_or_exit(&arg.config) {
+        Ok(cfg) => exit(runtime().and_then(|rt| rt.block_on(f(cfg)))),
+        Err(code) => code,
+    }
+}
+
+async fn backup_cmd(cfg: Config) -> anyhow::Result<()> {
+    let meta = match admin::request(&cfg.supervisor.admin_socket, "POST", "/backup").await {
+        Some(r) => serde_json::from_value::<backup::Meta>(r?)?,
+        None => backup::take(connect().await?.as_ref(), &cfg).await?,
+    };
+    println!("{}", meta.id);
+    Ok(())
+}
+
+fn backups_cmd(cfg: Config, json: bool) -> anyhow::Result<()> {
+    let b = cfg
+        .backup
+        .as_ref()
+        .context("no [backup] section in the config")?;
+    let all = backup::list(&b.dir)?;
+    if json {
+        let rows: Vec<serde_json::Value> = all
+            .iter()
+            .map(|m| {
+                let mut v = serde_json::to_value(m).unwrap_or_default();
+                v["path"] = serde_json::Value::String(m.path(&b.dir).display().to_string());
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!("no backups in {}", b.dir.display());
+    }
+    for m in &all {
+        let verified = match m.verified {
+            Some(true) => "verified",
+            Some(false) => "FAILED verification",
+            None => "not verified",
+        };
+        println!(
+            "{}  {}  {:>10}  sha256:{}  {verified}",
+            m.id, m.created_at, m.size, m.sha256
+        );
+    }
+    Ok(())
+}
+
+async fn restore_cmd(cfg: Config, which: String, yes: bool) -> anyhow::Result<()> {
+    let b = cfg
+        .backup
+        .as_ref()
+        .context("no [backup] section in the config")?;
+    let meta = backup::find(&b.dir, &which)?;
+    let deps = supervisor::Supervisor::dependants(&cfg, &b.service);
+    if !yes {
+        use std::io::{BufRead, IsTerminal, Write};
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!(
+                "restore replaces database {}: confirm with --yes",
+                b.database
+            );
+        }
+        print!(
+            "Replace database {} with backup {} ({})? {} will be stopped meanwhile. [y/N] ",
+            b.database,
+            meta.id,
+            meta.created_at,
+            if deps.is_empty() {
+                "nothing".to_string()
+            } else {
+                deps.join(", ")
+            }
+        );
+        std::io::stdout().flush()?;
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        if !matches!(line.trim(), "y" | "Y" | "yes") {
+            anyhow::bail!("not restored");
+        }
+    }
+    match admin::request(
+        &cfg.supervisor.admin_socket,
+        "POST",
+        &format!("/restore/{}", meta.id),
+    )
+    .await
+    {
+        Some(r) => {
+            r?;
+        }
+        None => {
+            // No daemon: nobody restarts what we stop, so stop and start by hand.
+            let engine = connect().await?;
+            for d in &deps {
+                let grace = cfg.services[d].stop_grace_period;
+                let _ = engine.stop_container(&cfg.container_name(d), grace).await;
+            }
+            let r = backup::restore_database(engine.as_ref(), &cfg, &meta).await;
+            for d in deps.iter().rev() {
+                let _ = engine.start_container(&cfg.container_name(d)).await;
+            }
+            r?;
+        }
+    }
+    println!("restored {} ({})", meta.id, meta.created_at);
+    Ok(())
 }
 
 fn load_or_exit(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -387,6 +540,8 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
             }
         }
     };
+    let admin_listener = admin::bind(&cfg.supervisor.admin_socket).await?;
+    let admin_path = cfg.supervisor.admin_socket.clone();
     let sup = Supervisor::new(engine, cfg);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut http_shutdown = shutdown_rx.clone();
@@ -399,6 +554,15 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         tokio::spawn(sup.clone().event_loop()),
         tokio::spawn(sup.clone().status_loop()),
         tokio::spawn(sup.clone().resources_loop()),
+        tokio::spawn(sup.clone().backup_loop()),
+        tokio::spawn({
+            let sup = sup.clone();
+            async move {
+                if let Err(e) = admin::serve(admin_listener, sup).await {
+                    error!(error = %e, "admin socket failed");
+                }
+            }
+        }),
     ];
     let mut probes = spawn_probes(&sup);
     let mut ready = false;
@@ -444,6 +608,7 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
     }
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
+    let _ = std::fs::remove_file(&admin_path);
     info!("stopped");
     Ok(())
 }

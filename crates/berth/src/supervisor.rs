@@ -46,6 +46,10 @@ pub struct Supervisor {
     /// Containers berth itself is stopping or removing: their `die` is not a crash.
     expected_stops: Mutex<HashSet<String>>,
     reconcile: Notify,
+    /// Services held down on purpose (during a restore): never started or restarted.
+    held: Mutex<Held>,
+    /// One backup or restore at a time.
+    backup_lock: tokio::sync::Mutex<()>,
 }
 
 impl Supervisor {
@@ -63,6 +67,8 @@ impl Supervisor {
             restarts: Mutex::new(BTreeMap::new()),
             expected_stops: Mutex::new(HashSet::new()),
             reconcile: Notify::new(),
+            held: Mutex::new(Held::new()),
+            backup_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -87,6 +93,14 @@ impl Supervisor {
                 f(st);
             }
         });
+    }
+
+    fn held(&self) -> Held {
+        self.held.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    fn is_held(&self, service: &str) -> bool {
+        self.held.lock().is_ok_and(|h| h.contains(service))
     }
 
     pub fn request_reconcile(&self) {
@@ -148,7 +162,7 @@ impl Supervisor {
             }
         };
         self.update(|s| s.engine_connected = true);
-        let actions = berth_plan::plan(&cfg, &observed, &Held::new());
+        let actions = berth_plan::plan(&cfg, &observed, &self.held());
         for a in &actions {
             info!(action = %a, service = a.service().unwrap_or(""), "plan");
         }
@@ -557,6 +571,10 @@ impl Supervisor {
                 if expected || current.as_deref() != Some(ev.container_id.as_str()) {
                     return;
                 }
+                if self.is_held(&service) {
+                    self.update_service(&service, |s| s.state = State::Stopped);
+                    return;
+                }
                 let cfg = self.config();
                 let Some(svc) = cfg.services.get(&service) else {
                     return;
@@ -636,7 +654,7 @@ impl Supervisor {
             let still_down = this.snap.borrow().services.get(&service).is_some_and(|s| {
                 s.container_id.as_deref() == Some(id.as_str()) && s.state == State::Exited
             });
-            if !still_down {
+            if !still_down || this.is_held(&service) {
                 return;
             }
             let cfg = this.config();
@@ -704,6 +722,155 @@ impl Supervisor {
             s.crashloop = crashloop;
         });
         delay
+    }
+
+    /// Takes a backup now (waiting for one in progress) and records the outcome.
+    pub async fn backup_now(&self) -> anyhow::Result<crate::backup::Meta> {
+        let _one = self.backup_lock.lock().await;
+        let cfg = self.config();
+        info!("backup starting");
+        let r = crate::backup::take(self.engine.as_ref(), &cfg).await;
+        match &r {
+            Ok(m) => {
+                info!(backup = %m.id, size = m.size, sha256 = %m.sha256, "backup done");
+                self.refresh_backups(&cfg, None);
+            }
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "backup failed");
+                self.refresh_backups(&cfg, Some(format!("{e:#}")));
+            }
+        }
+        r
+    }
+
+    /// Re-reads the backup folder into the snapshot; `error` is the last attempt's.
+    pub fn refresh_backups(&self, cfg: &Config, error: Option<String>) {
+        let Some(b) = &cfg.backup else { return };
+        let all = crate::backup::list(&b.dir).unwrap_or_default();
+        let last_ok = all.iter().rev().find(|m| m.verified != Some(false));
+        let (at, size) = (last_ok.and_then(|m| m.created()), last_ok.map(|m| m.size));
+        self.update(|s| {
+            s.backup.count = all.len() as u64;
+            s.backup.last_ok_at = at;
+            s.backup.last_size_bytes = size;
+            s.backup.last_error = error;
+        });
+    }
+
+    /// Services that depend on `service`, directly or not, dependants first.
+    pub fn dependants(cfg: &Config, service: &str) -> Vec<String> {
+        let order = cfg.start_order();
+        let mut found = BTreeSet::new();
+        // Start order puts every service after what it depends on.
+        for name in &order {
+            if cfg.services[name]
+                .depends_on
+                .iter()
+                .any(|d| d == service || found.contains(d))
+            {
+                found.insert(name.clone());
+            }
+        }
+        order
+            .into_iter()
+            .rev()
+            .filter(|n| found.contains(n))
+            .collect()
+    }
+
+    /// Restores a backup: holds and stops the dependants (the bot), replaces the
+    /// database, releases them and waits until they are healthy again.
+    pub async fn restore(self: &Arc<Self>, which: &str) -> anyhow::Result<crate::backup::Meta> {
+        let _one = self.backup_lock.lock().await;
+        let cfg = self.config();
+        let b = cfg
+            .backup
+            .as_ref()
+            .context("no [backup] section in the config")?;
+        let meta = crate::backup::find(&b.dir, which)?;
+        let deps = Self::dependants(&cfg, &b.service);
+        info!(backup = %meta.id, stopping = %deps.join(","), "restore starting");
+        if let Ok(mut h) = self.held.lock() {
+            h.extend(deps.iter().cloned());
+        }
+        for d in &deps {
+            if let (Some(id), Some(svc)) = (self.current_container(d), cfg.services.get(d)) {
+                self.expect_stop(&id);
+                self.engine
+                    .stop_container(&id, svc.stop_grace_period)
+                    .await
+                    .or_else(ignore_not_found)?;
+                self.update_service(d, |s| {
+                    s.state = State::Stopped;
+                    s.health = Health::Unknown;
+                });
+            }
+        }
+        let r = crate::backup::restore_database(self.engine.as_ref(), &cfg, &meta).await;
+        if let Ok(mut h) = self.held.lock() {
+            for d in &deps {
+                h.remove(d);
+            }
+        }
+        self.request_reconcile();
+        r?;
+        info!(backup = %meta.id, "database restored; starting dependants");
+        let mut rx = self.snap.subscribe();
+        let healthy = |s: &Snapshot| {
+            deps.iter()
+                .all(|d| s.services.get(d).is_some_and(|st| st.is_healthy()))
+        };
+        let ok = tokio::time::timeout(Duration::from_secs(180), rx.wait_for(healthy))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !ok {
+            anyhow::bail!(
+                "database restored from {}, but {} did not become healthy",
+                meta.id,
+                deps.join(", ")
+            );
+        }
+        Ok(meta)
+    }
+
+    /// Runs backups on the configured schedule (local time). A run missed while berth or
+    /// the server was down happens once at start-up.
+    pub async fn backup_loop(self: Arc<Self>) {
+        use chrono::Local;
+        let Some(b) = self.config().backup.clone() else {
+            return;
+        };
+        let cron = match b.schedule.cron() {
+            Ok(c) => c,
+            Err(e) => {
+                error!(error = %e, "backup schedule cannot be evaluated; no scheduled backups");
+                return;
+            }
+        };
+        self.refresh_backups(&self.config(), None);
+        let last = crate::backup::list(&b.dir)
+            .ok()
+            .and_then(|all| all.last().and_then(|m| m.created()));
+        let now = Local::now();
+        let missed = match (last, cron.find_previous_occurrence(&now, true)) {
+            (Some(last), Ok(prev)) => SystemTime::from(prev) > last,
+            (None, _) => false,
+            _ => false,
+        };
+        if missed {
+            info!("a scheduled backup was missed while berth was down: taking it now");
+            let _ = self.backup_now().await;
+        }
+        loop {
+            let now = Local::now();
+            let Ok(next) = cron.find_next_occurrence(&now, false) else {
+                return;
+            };
+            let wait = (next - now).to_std().unwrap_or_default();
+            debug!(next = %next, "next scheduled backup");
+            tokio::time::sleep(wait).await;
+            let _ = self.backup_now().await;
+        }
     }
 
     /// A crash loop ends when the restarts of the last ten minutes drop below the mark.

@@ -44,9 +44,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if wanted("crash_restart") {
         results.push(crash_restart(&bin, &dir, runs)?);
     }
-    if wanted("health_rps") || wanted("idle_rss") {
-        // Throughput and memory are properties of the build users run: release.
+    if wanted("health_rps") || wanted("idle_rss") || wanted("backup") {
+        // Throughput, memory and hashing speed are properties of the build users run.
         let release = crate::cargo_build_release(&["berth"])?.join("berth");
+        if wanted("backup") {
+            results.push(backup(&release, &dir, quick)?);
+        }
         if wanted("health_rps") {
             results.push(health_rps(&release, &dir, quick)?);
         }
@@ -581,6 +584,122 @@ fn idle_rss(bin: &Path, dir: &Path, quick: bool) -> anyhow::Result<Result> {
         note: format!(
             "demo stack idle; anchor is the 15 MiB budget; idle CPU {cpu:.2} % over {}s",
             window.as_secs()
+        ),
+    })
+}
+
+fn backup(bin: &Path, dir: &Path, quick: bool) -> anyhow::Result<Result> {
+    let project = "bench-backup";
+    let port = free_port()?;
+    clean(project);
+    let bdir = dir.join("backup-files");
+    let _ = std::fs::remove_dir_all(&bdir);
+    std::fs::create_dir_all(&bdir)?;
+    let env = dir.join("bench.env");
+    std::fs::write(&env, "POSTGRES_PASSWORD=benchpass\n")?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o600))?;
+    let toml = dir.join("backup.toml");
+    // verify = false: the anchor does not verify either; verification is timed apart.
+    std::fs::write(
+        &toml,
+        format!(
+            "[supervisor]\nproject = \"{project}\"\nhealth_listen = \"127.0.0.1:{port}\"\nstate_dir = \"backup-state\"\nadmin_socket = \"backup-admin.sock\"\nenv_file = \"bench.env\"\n\n[services.postgres]\nimage = \"berth-demo/postgres:15\"\nenv = {{ POSTGRES_USER = \"bot\", POSTGRES_DB = \"bot\", POSTGRES_PASSWORD = \"${{POSTGRES_PASSWORD}}\" }}\nvolumes = [\"pgdata:/var/lib/postgresql/data\"]\nprobe = {{ postgres = {{ user = \"bot\", database = \"bot\", password = \"${{POSTGRES_PASSWORD}}\" }} }}\n\n[backup]\nservice = \"postgres\"\ndir = \"backup-files\"\nverify = false\nkeep = {{ daily = 100 }}\n"
+        ),
+    )?;
+    let berth = Berth::start(bin, &toml, &dir.join("backup.log"))?;
+    wait("berth healthy", Duration::from_secs(120), || {
+        http_status(port, "/health") == Some(200)
+    })?;
+    // ~100 bytes a row before compression; md5 text compresses about 2:1.
+    let rows: u64 = if quick { 2_000_000 } else { 10_000_000 };
+    let pg = format!("{project}-postgres");
+    docker(&[
+        "exec",
+        &pg,
+        "psql",
+        "-U",
+        "bot",
+        "-d",
+        "bot",
+        "-qc",
+        &format!(
+            "CREATE TABLE fill AS SELECT g, md5(g::text) || md5((g*3)::text) || md5((g*7)::text) AS junk FROM generate_series(1, {rows}) g"
+        ),
+    ])?;
+    let db_size = docker(&[
+        "exec",
+        &pg,
+        "psql",
+        "-U",
+        "bot",
+        "-d",
+        "bot",
+        "-tAc",
+        "SELECT pg_database_size('bot')",
+    ])?;
+    let pid = berth.child.id();
+    let file = dir.join("anchor.dump");
+    let anchor_dump = || -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let ok = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "docker exec {pg} pg_dump -Fc -U bot -d bot > {}",
+                    file.display()
+                ),
+            ])
+            .status()?
+            .success();
+        if !ok {
+            bail!("anchor pg_dump failed");
+        }
+        Ok(t.elapsed().as_secs_f64() * 1000.0)
+    };
+    // Warm the page cache once, so neither side pays for the first read.
+    anchor_dump()?;
+    let (rss0, _) = proc_usage(pid)?;
+    // berth: through the daemon, sampling its RSS meanwhile.
+    let t = Instant::now();
+    let mut child = Command::new(bin)
+        .args(["backup", "-c"])
+        .arg(&toml)
+        .stdout(Stdio::null())
+        .spawn()?;
+    let mut peak = rss0;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        peak = peak.max(proc_usage(pid)?.0);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let b = t.elapsed().as_secs_f64() * 1000.0;
+    if !status.success() {
+        bail!(
+            "berth backup failed; see {}",
+            dir.join("backup.log").display()
+        );
+    }
+    // Anchor: the plain-Docker way.
+    let a = anchor_dump()?;
+    let size = std::fs::metadata(&file)?.len();
+    let _ = std::fs::remove_file(&file);
+    drop(berth);
+    clean(project);
+    let _ = std::fs::remove_dir_all(&bdir);
+    Ok(Result {
+        name: "backup",
+        berth: b,
+        anchor: a,
+        unit: "ms",
+        goal: "≤ 1.05",
+        note: format!(
+            "database {} MB, dump {} MB; berth RSS grew by {:.1} MiB during it (streamed, SHA-256, fsync, rename)",
+            db_size.trim().parse::<u64>().unwrap_or(0) / 1_000_000,
+            size / 1_000_000,
+            (peak.saturating_sub(rss0)) as f64 / 1024.0
         ),
     })
 }

@@ -58,7 +58,7 @@ fn backups_json(stack: &Stack) -> Vec<Value> {
 /// The demo stack plus a `[backup]` section writing to `dir`.
 fn with_backup(stack: &Stack, dir: &str, schedule: &str) -> String {
     format!(
-        "{}\n[backup]\nservice = \"postgres\"\nschedule = \"{schedule}\"\ndir = \"{dir}\"\nkeep = {{ daily = 7, weekly = 4, monthly = 6 }}\n",
+        "{}\n[backup]\nservice = \"postgres\"\nschedule = \"{schedule}\"\ndir = \"{dir}\"\nkeep = {{ daily = 7, weekly = 4, monthly = 6 }}\nredis = true\n",
         stack.demo_config("berth-demo/bot:1")
     )
 }
@@ -93,6 +93,17 @@ fn backup_and_restore_round_trip_with_the_bot_running() {
         "listed checksum is the file's"
     );
     assert_eq!(b["size"], std::fs::metadata(&path).expect("file").len());
+    // Redis's snapshot is copied beside it, with its own checksum.
+    let rdb = path.with_extension("rdb");
+    assert_eq!(
+        b["redis_file"],
+        rdb.file_name().and_then(|f| f.to_str()).unwrap_or("")
+    );
+    assert_eq!(b["redis_sha256"], sha256(&rdb).as_str());
+    assert!(
+        std::fs::read(&rdb).expect("rdb").starts_with(b"REDIS"),
+        "an RDB file"
+    );
     let h = d.wait_health("backup in /health", UP, |h| h["backup"]["count"] == 1);
     assert!(h["backup"]["last_ok_at"].is_string() && h["backup"]["last_error"].is_null());
 
@@ -189,8 +200,8 @@ fn a_full_disk_fails_the_backup_cleanly_and_keeps_older_ones() {
     );
     assert_eq!(
         files.len(),
-        2,
-        "only the first backup and its metadata: {files:?}"
+        3,
+        "only the first backup, its RDB copy and its metadata: {files:?}"
     );
     assert_eq!(
         sha256(&first_path),

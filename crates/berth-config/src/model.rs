@@ -289,7 +289,8 @@ pub struct Backup {
     pub verify: Verify,
     pub database: String,
     pub user: String,
-    pub redis: bool,
+    /// Redis service whose RDB file is copied next to each backup.
+    pub redis: Option<String>,
 }
 
 impl Config {

@@ -135,7 +135,15 @@ pub struct RawBackup {
     pub verify: Option<S<VerifyValue>>,
     pub database: Option<String>,
     pub user: Option<String>,
-    pub redis: Option<bool>,
+    pub redis: Option<S<RedisCopy>>,
+}
+
+/// `redis = true` (the service named "redis") or `redis = "SERVICE"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RedisCopy {
+    Flag(bool),
+    Service(String),
 }
 
 #[derive(Debug, Deserialize)]

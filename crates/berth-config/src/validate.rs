@@ -861,6 +861,22 @@ fn backup(
             }
         }
     };
+    let redis = match r.redis.as_ref().map(|v| (v.get_ref(), v.span())) {
+        None | Some((RedisCopy::Flag(false), _)) => None,
+        Some((RedisCopy::Flag(true), span)) => Some(("redis".to_string(), span)),
+        Some((RedisCopy::Service(s), span)) => Some((s.clone(), span)),
+    }
+    .and_then(|(name, span)| {
+        if services.contains_key(&name) {
+            Some(name)
+        } else {
+            cx.err(
+                &span,
+                format!("backup.redis: no service {name:?} to copy dump.rdb from"),
+            );
+            None
+        }
+    });
     let keep = r.keep.as_ref();
     let user = r
         .user
@@ -886,7 +902,7 @@ fn backup(
             .or_else(|| env_of("POSTGRES_DB"))
             .unwrap_or_else(|| user.clone()),
         user,
-        redis: r.redis.unwrap_or(false),
+        redis,
     })
 }
 

@@ -30,6 +30,13 @@ pub struct Meta {
     pub verify: String,
     pub verified: Option<bool>,
     pub verify_error: Option<String>,
+    /// Redis's RDB snapshot copied beside the dump (`redis` in `[backup]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_error: Option<String>,
     /// Row counts per table, when verified by a full restore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tables: Option<BTreeMap<String, i64>>,
@@ -127,6 +134,82 @@ pub async fn take(engine: &dyn Engine, cfg: &Config) -> anyhow::Result<Meta> {
     }
     let id = new_id(dir);
     let file = format!("{id}.dump");
+    let cmd: Vec<String> = ["pg_dump", "-Fc", "-U", &b.user, "-d", &b.database]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let (sha256, size) = stream_to_file(engine, &cid, &cmd, dir, &file).await?;
+    let path = dir.join(&file);
+    let mut meta = Meta {
+        id,
+        created_at: crate::state::fmt_time(SystemTime::now()),
+        file,
+        size,
+        sha256,
+        database: b.database.clone(),
+        service: b.service.clone(),
+        image,
+        berth_version: env!("CARGO_PKG_VERSION").into(),
+        verify: match b.verify {
+            Verify::None => "none",
+            Verify::List => "list",
+            Verify::Restore => "restore",
+        }
+        .into(),
+        verified: None,
+        verify_error: None,
+        redis_file: None,
+        redis_sha256: None,
+        redis_error: None,
+        tables: None,
+    };
+    let verified = match b.verify {
+        Verify::None => None,
+        Verify::List => Some(verify_list(engine, &cid, b, &path).await),
+        Verify::Restore => Some(verify_restore(engine, &cid, b, &path).await.map(|t| {
+            meta.tables = Some(t);
+        })),
+    };
+    if let Some(r) = verified {
+        meta.verified = Some(r.is_ok());
+        meta.verify_error = r.err().map(|e| format!("{e:#}"));
+    }
+    if let Some(redis) = &b.redis {
+        // A Redis problem is recorded, but does not cost the PostgreSQL backup.
+        match copy_rdb(engine, cfg, redis, dir, &meta.id).await {
+            Ok((file, sum)) => {
+                meta.redis_file = Some(file);
+                meta.redis_sha256 = Some(sum);
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "copying redis dump.rdb failed");
+                meta.redis_error = Some(format!("{e:#}"));
+            }
+        }
+    }
+    write_meta(dir, &meta)?;
+    if meta.verified == Some(false) {
+        // Kept, but reported: the dump ran, the file does not read back.
+        bail!(
+            "backup {} failed verification: {}",
+            meta.id,
+            meta.verify_error.clone().unwrap_or_default()
+        );
+    }
+    prune(dir, b)?;
+    Ok(meta)
+}
+
+/// Streams an exec's stdout into `dir/file` atomically (temp file, fsync, rename, fsync
+/// of the folder); returns its SHA-256 and size. The exec must exit 0 and write something,
+/// or no file is kept. Memory stays flat: chunks go straight to disk.
+async fn stream_to_file(
+    engine: &dyn Engine,
+    cid: &str,
+    cmd: &[String],
+    dir: &Path,
+    file: &str,
+) -> anyhow::Result<(String, u64)> {
     let tmp = TempFile {
         path: dir.join(format!(".{file}.partial")),
         armed: true,
@@ -138,11 +221,7 @@ pub async fn take(engine: &dyn Engine, cfg: &Config) -> anyhow::Result<Meta> {
         .open(&tmp.path)
         .await
         .map_err(|e| io_error(e, "creating", &tmp.path))?;
-    let cmd: Vec<String> = ["pg_dump", "-Fc", "-U", &b.user, "-d", &b.database]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let mut ex = engine.exec_stream(&cid, &cmd, false).await?;
+    let mut ex = engine.exec_stream(cid, cmd, false).await?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut stderr = Vec::new();
@@ -168,62 +247,44 @@ pub async fn take(engine: &dyn Engine, cfg: &Config) -> anyhow::Result<Meta> {
     drop(out);
     let code = engine.exec_exit_code(&ex.exec_id).await?;
     if code != 0 {
-        bail!("pg_dump failed (exit code {code}): {}", tail(&stderr));
+        bail!("{} failed (exit code {code}): {}", cmd[0], tail(&stderr));
     }
     if size == 0 {
-        bail!("pg_dump wrote nothing");
+        bail!("{} wrote nothing", cmd[0]);
     }
-    let path = dir.join(&file);
+    let path = dir.join(file);
     std::fs::rename(&tmp.path, &path).map_err(|e| io_error(e, "renaming to", &path))?;
     let mut tmp = tmp;
     tmp.armed = false;
     sync_dir(dir)?;
-    let mut meta = Meta {
-        id,
-        created_at: crate::state::fmt_time(SystemTime::now()),
-        file,
-        size,
-        sha256: hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-        database: b.database.clone(),
-        service: b.service.clone(),
-        image,
-        berth_version: env!("CARGO_PKG_VERSION").into(),
-        verify: match b.verify {
-            Verify::None => "none",
-            Verify::List => "list",
-            Verify::Restore => "restore",
-        }
-        .into(),
-        verified: None,
-        verify_error: None,
-        tables: None,
-    };
-    let verified = match b.verify {
-        Verify::None => None,
-        Verify::List => Some(verify_list(engine, &cid, b, &path).await),
-        Verify::Restore => Some(verify_restore(engine, &cid, b, &path).await.map(|t| {
-            meta.tables = Some(t);
-        })),
-    };
-    if let Some(r) = verified {
-        meta.verified = Some(r.is_ok());
-        meta.verify_error = r.err().map(|e| format!("{e:#}"));
+    let sum = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((sum, size))
+}
+
+/// Makes Redis write a fresh RDB snapshot and copies it to `<id>.rdb`.
+async fn copy_rdb(
+    engine: &dyn Engine,
+    cfg: &Config,
+    service: &str,
+    dir: &Path,
+    id: &str,
+) -> anyhow::Result<(String, String)> {
+    let d = engine
+        .inspect_container(&cfg.container_name(service))
+        .await
+        .with_context(|| format!("the {service} container"))?;
+    if !d.running {
+        bail!("the {service} container is not running");
     }
-    write_meta(dir, &meta)?;
-    if meta.verified == Some(false) {
-        // Kept, but reported: the dump ran, the file does not read back.
-        bail!(
-            "backup {} failed verification: {}",
-            meta.id,
-            meta.verify_error.clone().unwrap_or_default()
-        );
-    }
-    prune(dir, b)?;
-    Ok(meta)
+    let script = "redis-cli SAVE >/dev/null && cat \"$(redis-cli CONFIG GET dir | tail -n 1)/$(redis-cli CONFIG GET dbfilename | tail -n 1)\"";
+    let cmd: Vec<String> = ["sh", "-c", script].iter().map(|s| s.to_string()).collect();
+    let file = format!("{id}.rdb");
+    let (sum, _) = stream_to_file(engine, &d.id, &cmd, dir, &file).await?;
+    Ok((file, sum))
 }
 
 fn sync_dir(dir: &Path) -> anyhow::Result<()> {
@@ -609,7 +670,7 @@ pub fn prune(dir: &Path, b: &Backup) -> anyhow::Result<Vec<String>> {
         .collect();
     let doomed = berth_plan::retention::to_delete(&candidates, b.keep);
     for id in &doomed {
-        for ext in ["dump", "json"] {
+        for ext in ["dump", "rdb", "json"] {
             let p = dir.join(format!("{id}.{ext}"));
             if let Err(e) = std::fs::remove_file(&p)
                 && e.kind() != std::io::ErrorKind::NotFound

@@ -371,3 +371,14 @@ fn shipped_configs_are_valid() {
         }
     }
 }
+
+#[test]
+fn backup_redis_copy_names_a_service() {
+    let c = parse_ok(&good_with("keep = {", "redis = true\nkeep = {"));
+    assert_eq!(c.backup.expect("backup").redis.as_deref(), Some("redis"));
+    let errs = errors(&good_with("keep = {", "redis = \"cache\"\nkeep = {"));
+    assert!(
+        errs[0].contains("backup.redis: no service \"cache\""),
+        "{errs:?}"
+    );
+}

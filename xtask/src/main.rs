@@ -4,8 +4,10 @@
 //! - `demo`:   images, secrets in target/demo/berth.env, then `berth run -c config/demo.toml`
 //! - `test`:   images, then the whole test suite (unit and integration, real engine)
 //! - `bench`:  berth against the plain-Docker way (`--quick` for fewer runs)
+//! - `faults`: the fault-injection cases, one PASS/FAIL line each
 
 mod bench;
+mod faults;
 mod images;
 
 use std::path::PathBuf;
@@ -20,8 +22,11 @@ fn main() -> std::process::ExitCode {
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("faults") => faults::run(),
         _ => {
-            eprintln!("usage: cargo xtask <images|demo|test [cargo test args]|bench [--quick]>");
+            eprintln!(
+                "usage: cargo xtask <images|demo|test [cargo test args]|bench [--quick] [NAME…]|faults>"
+            );
             return std::process::ExitCode::from(2);
         }
     };

@@ -22,6 +22,7 @@ pub fn render(s: &Snapshot) -> String {
     let healthy = Family::<Labels, Gauge>::default();
     let restarts = Family::<Labels, Counter>::default();
     let crashloop = Family::<Labels, Gauge>::default();
+    let oom = Family::<Labels, Counter>::default();
     let probe = Family::<Labels, FloatGauge>::default();
     for (name, st) in &s.services {
         let l = service(name);
@@ -30,6 +31,7 @@ pub fn render(s: &Snapshot) -> String {
         healthy.get_or_create(&l).set(i64::from(st.is_healthy()));
         restarts.get_or_create(&l).inc_by(u64::from(st.restarts));
         crashloop.get_or_create(&l).set(i64::from(st.crashloop));
+        oom.get_or_create(&l).inc_by(u64::from(st.oom_kills));
         if let Some(p) = &st.probe {
             probe.get_or_create(&l).set(p.latency_ms / 1000.0);
         }
@@ -53,6 +55,11 @@ pub fn render(s: &Snapshot) -> String {
         "berth_service_crashloop",
         "Whether the service is crash-looping",
         crashloop,
+    );
+    reg.register(
+        "berth_service_oom_kills",
+        "Out-of-memory kills of the service's container",
+        oom,
     );
     reg.register(
         "berth_probe_duration_seconds",

@@ -38,6 +38,8 @@ pub struct ServiceStatus {
     pub image: String,
     pub container_id: Option<String>,
     pub restarts: u32,
+    /// Times the engine killed the container for running out of memory.
+    pub oom_kills: u32,
     pub crashloop: bool,
     #[serde(serialize_with = "rfc3339_opt")]
     pub since: Option<SystemTime>,
@@ -63,6 +65,7 @@ impl ServiceStatus {
             image: image.to_string(),
             container_id: None,
             restarts: 0,
+            oom_kills: 0,
             crashloop: false,
             since: None,
             next_restart: None,

@@ -622,6 +622,7 @@ impl Supervisor {
             }
             "oom" => {
                 warn!(service = %service, container = %short(&ev.container_id), "container ran out of memory");
+                self.update_service(&service, |s| s.oom_kills += 1);
             }
             "destroy" => {
                 let current = self.current_container(&service);

@@ -382,3 +382,53 @@ fn backup_redis_copy_names_a_service() {
         "{errs:?}"
     );
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An edit of the good config: replace the byte range `at..at+len` with `with`.
+    fn mutate(at: usize, len: usize, with: &str) -> String {
+        let mut s = GOOD.to_string();
+        let mut a = at % s.len();
+        while !s.is_char_boundary(a) {
+            a -= 1;
+        }
+        let mut b = (a + len).min(s.len());
+        while !s.is_char_boundary(b) {
+            b -= 1;
+        }
+        s.replace_range(a..b, with);
+        s
+    }
+
+    fn check(src: &str) -> Result<(), TestCaseError> {
+        // Never a panic; every error has a real location.
+        if let Err(e) = parse(Path::new("f.toml"), src, &vars, false) {
+            prop_assert!(!e.0.is_empty());
+            for err in &e.0 {
+                prop_assert!(err.line >= 1 && err.col >= 1, "{err}");
+                prop_assert!(err.line <= src.lines().count().max(1) + 1, "{err}");
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn edits_of_a_good_config_never_panic(
+            at in 0usize..4096,
+            len in 0usize..40,
+            with in prop::string::string_regex("[ -~\n\"'=\\[\\]{}$:.,#ü]{0,24}").expect("regex"),
+        ) {
+            check(&mutate(at, len, &with))?;
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(src in "\\PC{0,300}") {
+            check(&src)?;
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! `cargo xtask faults`: one `PASS <case>` or `FAIL <case> <why>` line per fault case, each
+//! a test on the real engine; exit 0 only if all pass.
+
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::{cargo_build, images, root};
+
+/// (case, package, test target: `Some(file)` or the lib, test name filter, exact)
+const CASES: &[(&str, &str, Option<&str>, &str, bool)] = &[
+    (
+        "kill-supervisor",
+        "berth-tests",
+        Some("faults"),
+        "kill_9_of_berth_under_load_restarts_no_container",
+        true,
+    ),
+    (
+        "engine-restart",
+        "berth-tests",
+        Some("lifecycle"),
+        "engine_connection_lost_and_restored_converges_without_duplicates",
+        true,
+    ),
+    (
+        "crashloop",
+        "berth-tests",
+        Some("lifecycle"),
+        "a_service_that_exits_at_once_backs_off_and_is_marked_crashlooping",
+        true,
+    ),
+    (
+        "disk-full",
+        "berth-tests",
+        Some("backups"),
+        "a_full_disk_fails_the_backup_cleanly_and_keeps_older_ones",
+        true,
+    ),
+    (
+        "bad-reload",
+        "berth-tests",
+        Some("lifecycle"),
+        "a_bad_reload_keeps_the_old_state_and_shows_the_error",
+        true,
+    ),
+    (
+        "secrets-in-logs",
+        "berth-tests",
+        Some("skeleton"),
+        "demo_stack_comes_up_from_nothing_and_answers_start",
+        true,
+    ),
+    (
+        "restore-after-loss",
+        "berth-tests",
+        Some("backups"),
+        "backup_and_restore_round_trip_with_the_bot_running",
+        true,
+    ),
+    (
+        "oom",
+        "berth-tests",
+        Some("faults"),
+        "a_container_over_its_memory_limit_is_restarted_and_reported",
+        true,
+    ),
+    (
+        "config-fuzz",
+        "berth-config",
+        None,
+        "validate::tests::fuzz::",
+        false,
+    ),
+];
+
+pub fn run() -> anyhow::Result<()> {
+    images::build_all()?;
+    cargo_build(&["berth"])?;
+    let mut failed = 0;
+    for (case, pkg, target, name, exact) in CASES {
+        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        c.current_dir(root()).args(["test", "--quiet", "-p", pkg]);
+        match target {
+            Some(t) => c.args(["--test", t]),
+            None => c.arg("--lib"),
+        };
+        c.args([name, "--"]);
+        if *exact {
+            c.arg("--exact");
+        }
+        let out = c.output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ran: u64 = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("test result: "))
+            .filter_map(|l| {
+                l.split(';')
+                    .next()?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum();
+        if out.status.success() && ran > 0 {
+            println!("PASS {case}");
+        } else {
+            failed += 1;
+            let why = if ran == 0 && out.status.success() {
+                "no test ran".to_string()
+            } else {
+                text.lines()
+                    .skip_while(|l| !l.contains("panicked at"))
+                    .nth(1)
+                    .or_else(|| text.lines().find(|l| l.starts_with("error")))
+                    .unwrap_or("failed")
+                    .trim()
+                    .chars()
+                    .take(300)
+                    .collect()
+            };
+            println!("FAIL {case} {why}");
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} fault case(s) failed");
+    }
+    Ok(())
+}

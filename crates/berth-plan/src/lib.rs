@@ -145,6 +145,11 @@ pub fn plan(desired: &Config, observed: &Observed, held: &Held) -> Vec<Action> {
         }
     }
     for name in desired.start_order() {
+        // A held service is someone else's business for now (a deploy or restore in
+        // progress): no create, start or removal.
+        if held.contains(&name) {
+            continue;
+        }
         let want = desired.services[&name].spec_hash();
         let found = by_service.get(name.as_str()).cloned().unwrap_or_default();
         // Keep the best match: right hash first, then running; the rest are duplicates.
@@ -166,9 +171,8 @@ pub fn plan(desired: &Config, observed: &Observed, held: &Held) -> Vec<Action> {
                 removals.push(remove(c, reason));
             }
         }
-        let is_held = held.contains(&name);
         match keep {
-            Some(c) if c.running || is_held => {}
+            Some(c) if c.running => {}
             Some(_) => per_service.push(Action::StartContainer { service: name }),
             None => {
                 let reason = match found.first() {
@@ -182,9 +186,7 @@ pub fn plan(desired: &Config, observed: &Observed, held: &Held) -> Vec<Action> {
                     service: name.clone(),
                     reason,
                 });
-                if !is_held {
-                    per_service.push(Action::StartContainer { service: name });
-                }
+                per_service.push(Action::StartContainer { service: name });
             }
         }
     }

@@ -92,6 +92,18 @@ fn stopped_container_with_same_spec_is_started_not_recreated() {
 }
 
 #[test]
+fn held_service_is_left_alone() {
+    let cfg = stack();
+    let mut o = up(&cfg);
+    o.containers.retain(|c| c.service != "bot");
+    assert_eq!(
+        plan(&cfg, &o, &["bot".to_string()].into()),
+        vec![],
+        "not even created"
+    );
+}
+
+#[test]
 fn held_service_is_not_started() {
     let cfg = stack();
     let mut o = up(&cfg);

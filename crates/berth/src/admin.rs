@@ -38,6 +38,8 @@ pub async fn serve(listener: tokio::net::UnixListener, sup: Arc<Supervisor>) -> 
     let app = Router::new()
         .route("/backup", post(backup))
         .route("/restore/{which}", post(restore))
+        .route("/deploy", post(deploy))
+        .route("/rollback/{service}", post(rollback))
         .with_state(sup);
     axum::serve(listener, app).await?;
     Ok(())
@@ -64,12 +66,53 @@ async fn restore(
     reply(sup.restore(&which).await.map(|m| json!(m)))
 }
 
+#[derive(serde::Deserialize)]
+struct DeployRequest {
+    service: String,
+    image: String,
+    backup: bool,
+}
+
+async fn deploy(
+    State(sup): State<Arc<Supervisor>>,
+    Json(req): Json<DeployRequest>,
+) -> (StatusCode, Json<Value>) {
+    reply(
+        sup.deploy(&req.service, &req.image, req.backup)
+            .await
+            .map(|r| json!(r)),
+    )
+}
+
+async fn rollback(
+    State(sup): State<Arc<Supervisor>>,
+    UrlPath(service): UrlPath<String>,
+) -> (StatusCode, Json<Value>) {
+    reply(sup.rollback(&service).await.map(|r| json!(r)))
+}
+
 /// Asks the daemon. `None` when no daemon answers on the socket (work directly then).
 pub async fn request(socket: &Path, method: &str, path: &str) -> Option<anyhow::Result<Value>> {
+    request_with(socket, method, path, None).await
+}
+
+pub async fn request_with(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Option<anyhow::Result<Value>> {
     let mut s = tokio::net::UnixStream::connect(socket).await.ok()?;
     let r = async {
-        s.write_all(format!("{method} {path} HTTP/1.0\r\nContent-Length: 0\r\n\r\n").as_bytes())
-            .await?;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        s.write_all(
+            format!(
+                "{method} {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
         let text = String::from_utf8_lossy(&buf);

@@ -2,6 +2,7 @@
 
 mod admin;
 mod backup;
+mod deploy;
 mod http;
 mod logging;
 mod metrics;
@@ -94,6 +95,22 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Deploy a new image of a service: backup, migration, health gate, automatic rollback
+    Deploy {
+        #[command(flatten)]
+        config: ConfigArg,
+        service: String,
+        image: String,
+        /// Skip the pre-deploy backup
+        #[arg(long)]
+        no_backup: bool,
+    },
+    /// Go back to the service's previous image (its stopped container, kept by the last deploy)
+    Rollback {
+        #[command(flatten)]
+        config: ConfigArg,
+        service: String,
+    },
     /// Show a service's container logs
     Logs {
         #[command(flatten)]
@@ -157,6 +174,42 @@ fn main() -> ExitCode {
                 |cfg| async move { restore_cmd(cfg, which, yes).await },
             )
         }
+        Command::Deploy {
+            config,
+            service,
+            image,
+            no_backup,
+        } => with_config(&config, |cfg| async move {
+            let body =
+                serde_json::json!({"service": service, "image": image, "backup": !no_backup});
+            let r =
+                admin::request_with(&cfg.supervisor.admin_socket, "POST", "/deploy", Some(&body))
+                    .await
+                    .context(
+                        "deploys go through the running daemon: start it (systemctl start berth)",
+                    )??;
+            println!(
+                "deployed {} {} (previous {}) in {} ms",
+                r["service"].as_str().unwrap_or("?"),
+                r["image"].as_str().unwrap_or("?"),
+                r["previous_image"].as_str().unwrap_or("?"),
+                r["duration_ms"]
+            );
+            Ok(())
+        }),
+        Command::Rollback { config, service } => with_config(&config, |cfg| async move {
+            let r = admin::request(
+                &cfg.supervisor.admin_socket,
+                "POST",
+                &format!("/rollback/{service}"),
+            )
+            .await
+            .context(
+                "rollbacks go through the running daemon: start it (systemctl start berth)",
+            )??;
+            println!("{} back on {}", service, r["image"].as_str().unwrap_or("?"));
+            Ok(())
+        }),
         Command::Logs {
             config,
             service,

@@ -142,6 +142,8 @@ pub struct Snapshot {
     pub services: BTreeMap<String, ServiceStatus>,
     pub resources: Option<Resources>,
     pub backup: BackupStatus,
+    /// The latest deploy of each service.
+    pub deploy: BTreeMap<String, crate::deploy::Record>,
 }
 
 impl Snapshot {
@@ -157,6 +159,7 @@ impl Snapshot {
             services: BTreeMap::new(),
             resources: None,
             backup: BackupStatus::default(),
+            deploy: BTreeMap::new(),
         }
     }
 
@@ -252,7 +255,7 @@ impl Snapshot {
             "services": self.services,
             "backup": backup,
             "resources": self.resources,
-            "deploy": {},
+            "deploy": self.deploy,
         })
     }
 }

@@ -39,8 +39,13 @@ struct Restarts {
 }
 
 pub struct Supervisor {
-    engine: Arc<dyn Engine>,
+    pub(crate) engine: Arc<dyn Engine>,
+    /// The config in force: the file's, with deployed images in place.
     cfg: RwLock<Arc<Config>>,
+    /// The file as loaded, before deployed images override it.
+    file_cfg: RwLock<Arc<Config>>,
+    deploys: Mutex<crate::deploy::DeployState>,
+    pub(crate) deploy_lock: tokio::sync::Mutex<()>,
     snap: watch::Sender<Snapshot>,
     restarts: Mutex<BTreeMap<String, Restarts>>,
     /// Containers berth itself is stopping or removing: their `die` is not a crash.
@@ -49,13 +54,19 @@ pub struct Supervisor {
     /// Services held down on purpose (during a restore): never started or restarted.
     held: Mutex<Held>,
     /// One backup or restore at a time.
-    backup_lock: tokio::sync::Mutex<()>,
+    pub(crate) backup_lock: tokio::sync::Mutex<()>,
 }
 
 impl Supervisor {
-    pub fn new(engine: Arc<dyn Engine>, cfg: Config) -> Arc<Self> {
+    pub fn new(engine: Arc<dyn Engine>, file: Config) -> Arc<Self> {
+        let mut deploys = crate::deploy::DeployState::load(&file.supervisor.state_dir);
+        let (cfg, dropped) = deploys.apply(file.clone());
+        if dropped {
+            let _ = deploys.save(&file.supervisor.state_dir);
+        }
         let mut snap = Snapshot::new();
         snap.config.generation = 1;
+        snap.deploy = deploys.latest();
         for (name, svc) in &cfg.services {
             snap.services
                 .insert(name.clone(), ServiceStatus::new(&svc.image));
@@ -63,6 +74,9 @@ impl Supervisor {
         Arc::new(Supervisor {
             engine,
             cfg: RwLock::new(Arc::new(cfg)),
+            file_cfg: RwLock::new(Arc::new(file)),
+            deploys: Mutex::new(deploys),
+            deploy_lock: tokio::sync::Mutex::new(()),
             snap: watch::channel(snap).0,
             restarts: Mutex::new(BTreeMap::new()),
             expected_stops: Mutex::new(HashSet::new()),
@@ -87,12 +101,76 @@ impl Supervisor {
         self.snap.send_modify(f);
     }
 
-    fn update_service(&self, name: &str, f: impl FnOnce(&mut ServiceStatus)) {
+    pub(crate) fn update_service(&self, name: &str, f: impl FnOnce(&mut ServiceStatus)) {
         self.snap.send_modify(|s| {
             if let Some(st) = s.services.get_mut(name) {
                 f(st);
             }
         });
+    }
+
+    /// Records a deployed image as the service's image from now on.
+    pub(crate) fn set_override(&self, service: &str, image: &str) -> anyhow::Result<()> {
+        let file = self
+            .file_cfg
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        let file_image = file
+            .services
+            .get(service)
+            .map(|s| s.image.clone())
+            .unwrap_or_default();
+        let cfg = {
+            let mut d = self
+                .deploys
+                .lock()
+                .map_err(|_| anyhow::anyhow!("deploy state poisoned"))?;
+            d.overrides.insert(
+                service.to_string(),
+                crate::deploy::Override {
+                    image: image.to_string(),
+                    file_image,
+                },
+            );
+            d.save(&file.supervisor.state_dir)?;
+            d.apply((*file).clone()).0
+        };
+        match self.cfg.write() {
+            Ok(mut c) => *c = Arc::new(cfg),
+            Err(p) => *p.into_inner() = Arc::new(cfg),
+        }
+        self.update_service(service, |s| s.image = image.to_string());
+        Ok(())
+    }
+
+    pub(crate) fn record_deploy(&self, record: crate::deploy::Record) -> anyhow::Result<()> {
+        let state_dir = self.config().supervisor.state_dir.clone();
+        let latest = {
+            let mut d = self
+                .deploys
+                .lock()
+                .map_err(|_| anyhow::anyhow!("deploy state poisoned"))?;
+            d.history.push(record);
+            let n = d.history.len();
+            if n > 100 {
+                d.history.drain(..n - 100);
+            }
+            d.save(&state_dir)?;
+            d.latest()
+        };
+        self.update(|s| s.deploy = latest);
+        Ok(())
+    }
+
+    pub(crate) fn hold(&self, service: &str, on: bool) {
+        if let Ok(mut h) = self.held.lock() {
+            if on {
+                h.insert(service.to_string());
+            } else {
+                h.remove(service);
+            }
+        }
     }
 
     fn held(&self) -> Held {
@@ -108,7 +186,21 @@ impl Supervisor {
     }
 
     /// Swaps in a new, already validated config; the next convergence applies it.
-    pub fn replace_config(&self, cfg: Config) {
+    /// Deployed images stay in place unless the file changed that service's image.
+    pub fn replace_config(&self, file: Config) {
+        let cfg = match self.deploys.lock() {
+            Ok(mut d) => {
+                let (cfg, dropped) = d.apply(file.clone());
+                if dropped {
+                    let _ = d.save(&file.supervisor.state_dir);
+                }
+                cfg
+            }
+            Err(_) => file.clone(),
+        };
+        if let Ok(mut f) = self.file_cfg.write() {
+            *f = Arc::new(file);
+        }
         self.update(|s| {
             s.config.generation += 1;
             s.config.loaded_at = SystemTime::now();
@@ -273,7 +365,7 @@ impl Supervisor {
             .or_else(ignore_not_found)
     }
 
-    fn expect_stop(&self, id: &str) {
+    pub(crate) fn expect_stop(&self, id: &str) {
         if let Ok(mut s) = self.expected_stops.lock() {
             s.insert(id.to_string());
         }
@@ -411,6 +503,23 @@ impl Supervisor {
         details: &ContainerDetails,
         ip: Option<std::net::IpAddr>,
     ) -> anyhow::Result<()> {
+        let timeout = svc
+            .probe
+            .as_ref()
+            .map_or(Duration::ZERO, |p| p.start_timeout);
+        self.probe_until_healthy_within(svc, details, ip, timeout)
+            .await
+    }
+
+    /// Probes every [`FAST_PROBE`] until the first success, the container's exit, or
+    /// `timeout`.
+    pub(crate) async fn probe_until_healthy_within(
+        &self,
+        svc: &Service,
+        details: &ContainerDetails,
+        ip: Option<std::net::IpAddr>,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let name = &svc.name;
         let Some(p) = &svc.probe else {
             self.update_service(name, |s| {
@@ -419,13 +528,14 @@ impl Supervisor {
             });
             return Ok(());
         };
-        let deadline = Instant::now() + p.start_timeout;
+        let deadline = Instant::now() + timeout;
         loop {
             let r = probe::run(self.engine.as_ref(), p, &details.id, ip).await;
             let gone = {
                 let snap = self.snap.borrow();
                 snap.services.get(name).is_none_or(|s| {
-                    s.container_id.as_deref() != Some(&details.id) || s.state == State::Exited
+                    s.container_id.as_deref() != Some(&details.id)
+                        || matches!(s.state, State::Exited | State::Stopped)
                 })
             };
             if gone {
@@ -448,7 +558,7 @@ impl Supervisor {
                 });
                 anyhow::bail!(
                     "not healthy within {}: {}",
-                    humantime::format_duration(p.start_timeout),
+                    humantime::format_duration(timeout),
                     r.error.unwrap_or_default()
                 );
             }
@@ -520,7 +630,7 @@ impl Supervisor {
     }
 
     /// The container berth currently runs for `service`, if any.
-    fn current_container(&self, service: &str) -> Option<String> {
+    pub(crate) fn current_container(&self, service: &str) -> Option<String> {
         self.snap
             .borrow()
             .services
@@ -962,7 +1072,7 @@ fn ignore_not_found(e: EngineError) -> Result<(), EngineError> {
     if e.is_not_found() { Ok(()) } else { Err(e) }
 }
 
-fn started_at(d: &ContainerDetails) -> Option<SystemTime> {
+pub(crate) fn started_at(d: &ContainerDetails) -> Option<SystemTime> {
     parse_time(d.started_at.as_deref())
 }
 

@@ -1,0 +1,397 @@
+//! Health-gated deploys for a long-polling bot: present image, pre-deploy backup,
+//! migration in a one-off container of the new image, stop the old container, start the
+//! new one, wait for healthy, else roll back to the old container (kept stopped as
+//! `<name>.previous`). Never two containers of the service running at once.
+//!
+//! Deployed images are recorded in `state_dir/deploys.json` and override the file's
+//! `image` until the file's own `image` changes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, bail};
+use berth_config::Config;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::spec;
+use crate::state::{Health, State};
+use crate::supervisor::{Supervisor, short};
+
+/// Suffix of the stopped container kept as the instant rollback target.
+pub const PREVIOUS: &str = ".previous";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Override {
+    pub image: String,
+    /// The file's `image` when the deploy happened: when the file changes it, the file wins.
+    pub file_image: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    pub service: String,
+    pub image: String,
+    pub previous_image: String,
+    pub at: String,
+    pub outcome: String,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DeployState {
+    pub overrides: BTreeMap<String, Override>,
+    pub history: Vec<Record>,
+}
+
+impl DeployState {
+    fn path(state_dir: &Path) -> std::path::PathBuf {
+        state_dir.join("deploys.json")
+    }
+
+    pub fn load(state_dir: &Path) -> DeployState {
+        std::fs::read_to_string(Self::path(state_dir))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn save(&self, state_dir: &Path) -> anyhow::Result<()> {
+        let path = Self::path(state_dir);
+        let tmp = state_dir.join(".deploys.json.partial");
+        std::fs::write(&tmp, serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The file's config with deployed images in place; overrides the file has moved past
+    /// are dropped (returns whether any was).
+    pub fn apply(&mut self, mut cfg: Config) -> (Config, bool) {
+        let before = self.overrides.len();
+        self.overrides.retain(|svc, o| {
+            cfg.services
+                .get(svc)
+                .is_some_and(|s| s.image == o.file_image)
+        });
+        for (svc, o) in &self.overrides {
+            if let Some(s) = cfg.services.get_mut(svc) {
+                s.image = o.image.clone();
+            }
+        }
+        let dropped = self.overrides.len() != before;
+        (cfg, dropped)
+    }
+
+    /// The latest record per service, for /health.
+    pub fn latest(&self) -> BTreeMap<String, Record> {
+        let mut out = BTreeMap::new();
+        for r in &self.history {
+            out.insert(r.service.clone(), r.clone());
+        }
+        out
+    }
+}
+
+impl Supervisor {
+    /// `berth deploy SERVICE IMAGE`: Ok when the new image runs healthy; Err when the
+    /// deploy was refused, aborted (old version untouched) or rolled back (with why).
+    pub async fn deploy(
+        self: &Arc<Self>,
+        service: &str,
+        image: &str,
+        backup: bool,
+    ) -> anyhow::Result<Record> {
+        let Ok(_one) = self.deploy_lock.try_lock() else {
+            bail!("another deploy is running: wait for it to finish");
+        };
+        // A deploy waits for a running backup, and no backup starts during it.
+        let _backups = self.backup_lock.lock().await;
+        let started = Instant::now();
+        let cfg = self.config();
+        let svc = cfg
+            .services
+            .get(service)
+            .with_context(|| format!("no service {service:?} in the config"))?
+            .clone();
+        let previous_image = svc.image.clone();
+        if !self.engine.image_exists(image).await? {
+            bail!(
+                "image {image} is not on this host (no registry to pull from): load it with `docker load` first"
+            );
+        }
+        if backup && cfg.backup.is_some() {
+            let meta = crate::backup::take(self.engine.as_ref(), &cfg)
+                .await
+                .context("pre-deploy backup failed; nothing was changed")?;
+            info!(backup = %meta.id, "pre-deploy backup");
+            self.refresh_backups(&cfg, None);
+        }
+        let mut new_svc = svc.clone();
+        new_svc.image = image.to_string();
+        if let Some(cmd) = &svc.deploy.migrate {
+            self.migrate(&cfg, &new_svc, cmd).await?;
+        }
+
+        // From here the service is held: the supervisor neither restarts nor recreates it.
+        self.hold(service, true);
+        let name = cfg.container_name(service);
+        let previous_name = format!("{name}{PREVIOUS}");
+        let old = self.current_container(service);
+        // The rollback target of the last deploy is parked until this one succeeds, so a
+        // failed deploy leaves `berth rollback` where it was.
+        let parked = format!("{previous_name}-old");
+        let _ = self.engine.remove_container(&parked, true).await;
+        let had_previous = self
+            .engine
+            .rename_container(&previous_name, &parked)
+            .await
+            .is_ok();
+        let r = async {
+            if let Some(old) = &old {
+                self.engine.rename_container(old, &previous_name).await?;
+            }
+            let new_id = self
+                .engine
+                .create_container(&spec::container_spec(&cfg, &new_svc))
+                .await?;
+            // Stop-first: the old poller ends its poll before the new one starts.
+            if let Some(old) = &old {
+                self.expect_stop(old);
+                self.engine
+                    .stop_container(old, svc.stop_grace_period)
+                    .await?;
+            }
+            self.start_and_wait(&cfg, &new_svc, &new_id, svc.deploy.health_timeout)
+                .await?;
+            anyhow::Ok(new_id)
+        }
+        .await;
+        let outcome = match r {
+            Ok(new_id) => {
+                info!(service, image, container = %short(&new_id), "deployed");
+                if had_previous {
+                    let _ = self.engine.remove_container(&parked, true).await;
+                }
+                self.set_override(service, image)?;
+                ("deployed", None)
+            }
+            Err(e) => {
+                let reason = format!("{e:#}");
+                warn!(service, image, error = %reason, "deploy failed: rolling back");
+                self.roll_back_to_previous(&cfg, &svc, &name, &previous_name)
+                    .await?;
+                if had_previous {
+                    let _ = self.engine.rename_container(&parked, &previous_name).await;
+                }
+                ("rolled_back", Some(reason))
+            }
+        };
+        self.hold(service, false);
+        self.request_reconcile();
+        let record = Record {
+            service: service.to_string(),
+            image: image.to_string(),
+            previous_image,
+            at: crate::state::fmt_time(SystemTime::now()),
+            outcome: outcome.0.to_string(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            reason: outcome.1.clone(),
+        };
+        self.record_deploy(record.clone())?;
+        match outcome.1 {
+            None => Ok(record),
+            Some(reason) => bail!("rolled back to {}: {reason}", record.previous_image),
+        }
+    }
+
+    /// Runs the migration command in a one-off container of the new image, on the stack
+    /// network with the service's environment. Any failure aborts the deploy.
+    async fn migrate(
+        &self,
+        cfg: &Config,
+        svc: &berth_config::Service,
+        cmd: &[String],
+    ) -> anyhow::Result<()> {
+        let mut spec = spec::container_spec(cfg, svc);
+        spec.name = format!("{}-migrate", cfg.container_name(&svc.name));
+        spec.cmd = Some(cmd.to_vec());
+        spec.ports.clear();
+        // Not a service container: no service label, so the planner never adopts it.
+        spec.labels.remove(berth_plan::LABEL_SERVICE);
+        spec.labels.remove(berth_plan::LABEL_SPEC_HASH);
+        let _ = self.engine.remove_container(&spec.name, true).await;
+        let id = self
+            .engine
+            .create_container(&spec)
+            .await
+            .context("creating the migration container")?;
+        let r = async {
+            self.engine.start_container(&id).await?;
+            let deadline = Instant::now() + Duration::from_secs(600);
+            loop {
+                let d = self.engine.inspect_container(&id).await?;
+                if !d.running
+                    && d.finished_at
+                        .as_deref()
+                        .is_some_and(|f| !f.starts_with("0001"))
+                {
+                    let code = d.exit_code.unwrap_or(-1);
+                    if code == 0 {
+                        return anyhow::Ok(());
+                    }
+                    let logs = self.tail_logs(&id).await;
+                    bail!(
+                        "migration {:?} failed (exit code {code}): {logs}",
+                        cmd.join(" ")
+                    );
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "migration {:?} still running after 10 minutes",
+                        cmd.join(" ")
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        .await;
+        let _ = self.engine.remove_container(&id, true).await;
+        r.context("the old version is untouched")
+    }
+
+    async fn tail_logs(&self, id: &str) -> String {
+        use futures::StreamExt;
+        let mut s = self.engine.logs(id, Some(5), false);
+        let mut out = Vec::new();
+        while let Some(Ok(chunk)) = s.next().await {
+            match chunk {
+                berth_engine::Output::Stdout(b) | berth_engine::Output::Stderr(b) => out.extend(b),
+            }
+        }
+        String::from_utf8_lossy(&out).trim().replace('\n', " | ")
+    }
+
+    /// Starts a container of the service and waits until it passes its probe.
+    async fn start_and_wait(
+        &self,
+        cfg: &Config,
+        svc: &berth_config::Service,
+        id: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        self.update_service(&svc.name, |s| {
+            s.container_id = Some(id.to_string());
+            s.image = svc.image.clone();
+            s.state = State::Starting;
+            s.health = Health::Starting;
+        });
+        self.engine.start_container(id).await?;
+        let details = self.engine.inspect_container(id).await?;
+        let ip = details.ips.get(&cfg.network_name()).copied();
+        self.update_service(&svc.name, |s| {
+            s.ip = ip;
+            s.since = crate::supervisor::started_at(&details);
+        });
+        self.probe_until_healthy_within(svc, &details, ip, timeout)
+            .await
+    }
+
+    /// Stops and removes the failed new container and starts the previous one again.
+    async fn roll_back_to_previous(
+        &self,
+        cfg: &Config,
+        svc: &berth_config::Service,
+        name: &str,
+        previous_name: &str,
+    ) -> anyhow::Result<()> {
+        if let Ok(new) = self.engine.inspect_container(name).await {
+            self.expect_stop(&new.id);
+            let _ = self
+                .engine
+                .stop_container(&new.id, svc.stop_grace_period)
+                .await;
+            self.engine.remove_container(&new.id, true).await?;
+        }
+        let previous = self
+            .engine
+            .inspect_container(previous_name)
+            .await
+            .context("no previous container to roll back to")?;
+        self.engine.rename_container(&previous.id, name).await?;
+        if svc.deploy.restore_db_on_rollback
+            && let Some(b) = &cfg.backup
+            && let Ok(meta) = crate::backup::find(&b.dir, "latest")
+        {
+            crate::backup::restore_database(self.engine.as_ref(), cfg, &meta)
+                .await
+                .context("restoring the pre-deploy backup")?;
+        }
+        self.start_and_wait(cfg, svc, &previous.id, svc.deploy.health_timeout)
+            .await
+            .context("the previous version did not come back healthy")
+    }
+
+    /// `berth rollback SERVICE`: back to the previous container (instant: it exists,
+    /// stopped); the current one becomes the new previous.
+    pub async fn rollback(self: &Arc<Self>, service: &str) -> anyhow::Result<Record> {
+        let Ok(_one) = self.deploy_lock.try_lock() else {
+            bail!("a deploy is running: wait for it to finish");
+        };
+        let started = Instant::now();
+        let cfg = self.config();
+        let svc = cfg
+            .services
+            .get(service)
+            .with_context(|| format!("no service {service:?} in the config"))?
+            .clone();
+        let name = cfg.container_name(service);
+        let previous_name = format!("{name}{PREVIOUS}");
+        let previous = self
+            .engine
+            .inspect_container(&previous_name)
+            .await
+            .with_context(|| format!("{service} has no previous version to roll back to"))?;
+        let previous_image = previous.image.clone();
+        self.hold(service, true);
+        let r = async {
+            let current = self.engine.inspect_container(&name).await.ok();
+            let parked = format!("{name}.rolling-back");
+            if let Some(c) = &current {
+                self.expect_stop(&c.id);
+                self.engine
+                    .stop_container(&c.id, svc.stop_grace_period)
+                    .await?;
+                self.engine.rename_container(&c.id, &parked).await?;
+            }
+            self.engine.rename_container(&previous.id, &name).await?;
+            let mut back = svc.clone();
+            back.image = previous_image.clone();
+            self.start_and_wait(&cfg, &back, &previous.id, svc.deploy.health_timeout)
+                .await?;
+            if let Some(c) = &current {
+                self.engine.rename_container(&c.id, &previous_name).await?;
+            }
+            anyhow::Ok(current.map(|c| c.image).unwrap_or_default())
+        }
+        .await;
+        self.hold(service, false);
+        self.request_reconcile();
+        let from = r?;
+        self.set_override(service, &previous_image)?;
+        let record = Record {
+            service: service.to_string(),
+            image: previous_image,
+            previous_image: from,
+            at: crate::state::fmt_time(SystemTime::now()),
+            outcome: "rolled_back".into(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            reason: Some("berth rollback".into()),
+        };
+        self.record_deploy(record.clone())?;
+        Ok(record)
+    }
+}

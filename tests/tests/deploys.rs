@@ -1,0 +1,197 @@
+//! Health-gated deploys of the long-polling demo bot on the real engine.
+
+use std::process::Command;
+use std::time::Duration;
+
+use berth_tests::*;
+use serde_json::{Value, json};
+
+const UP: Duration = Duration::from_secs(120);
+
+fn berth(stack: &Stack, args: &[&str]) -> std::process::Output {
+    Command::new(berth_bin())
+        .args(args)
+        .arg("-c")
+        .arg(&stack.config)
+        .output()
+        .expect("berth")
+}
+
+fn config(stack: &Stack, migrate: &str) -> String {
+    stack.demo_config("berth-demo/bot:1").replace(
+        "read_only = true\n",
+        &format!(
+            "read_only = true\ndeploy = {{ migrate = {migrate}, health_timeout = \"10s\" }}\n"
+        ),
+    )
+}
+
+fn polls(stack: &Stack) -> Value {
+    http_client()
+        .get(stack.telegram("/_control/polls"))
+        .send()
+        .expect("polls")
+        .json()
+        .expect("json")
+}
+
+fn running_bots(stack: &Stack) -> usize {
+    docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=berth.project={}", stack.project),
+        "--filter",
+        "label=berth.service=bot",
+    ])
+    .expect("ps")
+    .lines()
+    .count()
+}
+
+fn psql(stack: &Stack, sql: &str) -> String {
+    docker(&[
+        "exec",
+        &stack.container_name("postgres"),
+        "psql",
+        "-U",
+        "bot",
+        "-d",
+        "bot",
+        "-tAc",
+        sql,
+    ])
+    .expect("psql")
+}
+
+#[test]
+fn deploy_then_broken_deploy_rolls_back_then_rollback_and_adoption() {
+    let stack = Stack::new("deploy");
+    stack.write_config(&config(&stack, "[\"demo-bot\", \"migrate\"]"));
+    let mut d = stack.start();
+    d.wait_healthy(UP);
+    assert_eq!(
+        psql(
+            &stack,
+            "SELECT string_agg(name, ',' ORDER BY name) FROM schema_migrations"
+        ),
+        "001_users.sql"
+    );
+
+    // bot:1 -> bot:2: migration applied, stop-first, no conflict.
+    let out = berth(&stack, &["deploy", "bot", "berth-demo/bot:2"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        psql(
+            &stack,
+            "SELECT string_agg(name, ',' ORDER BY name) FROM schema_migrations"
+        ),
+        "001_users.sql,002_language.sql"
+    );
+    let h = d.wait_healthy(UP);
+    assert_eq!(h["services"]["bot"]["image"], "berth-demo/bot:2");
+    assert_eq!(h["deploy"]["bot"]["outcome"], "deployed");
+    assert_eq!(h["deploy"]["bot"]["previous_image"], "berth-demo/bot:1");
+    assert_eq!(
+        h["services"]["bot"]["restarts"], 0,
+        "a deploy is not a crash"
+    );
+    assert_eq!(running_bots(&stack), 1);
+    // The bot answers after the switch.
+    let http = http_client();
+    http.post(stack.telegram("/_control/updates"))
+        .json(&json!({"chat_id": 7, "text": "/start"}))
+        .send()
+        .expect("update");
+    wait_for("bot:2 answers", Duration::from_secs(20), || {
+        let v: Value = http
+            .get(stack.telegram("/_control/sent"))
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        v["messages"]
+            .as_array()?
+            .iter()
+            .any(|m| m["text"].as_str().is_some_and(|t| t.contains("v2")))
+            .then_some(())
+    });
+
+    // bot:broken never passes its probe: rolled back to bot:2.
+    let out = berth(
+        &stack,
+        &["deploy", "bot", "berth-demo/bot:broken", "--no-backup"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rolled back to berth-demo/bot:2"), "{err}");
+    let h = d.wait_healthy(UP);
+    assert_eq!(h["services"]["bot"]["image"], "berth-demo/bot:2");
+    assert_eq!(h["deploy"]["bot"]["outcome"], "rolled_back");
+    assert_eq!(running_bots(&stack), 1);
+
+    // `berth rollback` goes back to bot:1 (the rollback target survived the failed deploy).
+    let out = berth(&stack, &["rollback", "bot"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let h = d.wait_healthy(UP);
+    assert_eq!(h["services"]["bot"]["image"], "berth-demo/bot:1");
+    assert_eq!(running_bots(&stack), 1);
+    assert_eq!(polls(&stack)["conflicts"], 0, "never two pollers");
+
+    // berth restarted: the deployed image stays, nothing is recreated.
+    let bot = stack.containers()["bot"].clone();
+    d.kill9();
+    let mut d2 = stack.start();
+    let h = d2.wait_healthy(UP);
+    assert_eq!(h["services"]["bot"]["image"], "berth-demo/bot:1");
+    assert_eq!(stack.containers()["bot"], bot);
+    assert!(!d2.logs().contains("supervisor: plan"), "{}", d2.logs());
+}
+
+#[test]
+fn a_failed_migration_leaves_the_old_version_untouched() {
+    let stack = Stack::new("migfail");
+    stack.write_config(&config(
+        &stack,
+        "[\"sh\", \"-c\", \"echo cannot migrate >&2; exit 7\"]",
+    ));
+    let mut d = stack.start();
+    d.wait_healthy(UP);
+    let bot = stack.containers()["bot"].clone();
+    let started = inspect(&bot)["State"]["StartedAt"].clone();
+    let out = berth(
+        &stack,
+        &["deploy", "bot", "berth-demo/bot:2", "--no-backup"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("exit code 7") && err.contains("cannot migrate") && err.contains("untouched"),
+        "{err}"
+    );
+    assert_eq!(stack.containers()["bot"], bot);
+    assert_eq!(
+        inspect(&bot)["State"]["StartedAt"],
+        started,
+        "old bot never stopped"
+    );
+    let h = d.wait_healthy(UP);
+    assert_eq!(h["services"]["bot"]["image"], "berth-demo/bot:1");
+    // The one-off migration container is gone.
+    assert!(
+        docker(&[
+            "inspect",
+            &format!("{}-migrate", stack.container_name("bot"))
+        ])
+        .is_err()
+    );
+}

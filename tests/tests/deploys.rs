@@ -195,3 +195,71 @@ fn a_failed_migration_leaves_the_old_version_untouched() {
         .is_err()
     );
 }
+
+#[test]
+fn start_first_overlaps_and_keeps_the_old_container_on_failure() {
+    let stack = Stack::new("startfirst");
+    let text = format!(
+        // Healthy only in an image that has the fake Bot API binary.
+        "{}[services.web]\nimage = \"berth-demo/fake-telegram:latest\"\nprobe = {{ exec = {{ command = [\"test\", \"-x\", \"/usr/local/bin/fake-telegram\"] }} }}\ndeploy = {{ strategy = \"start-first\", health_timeout = \"3s\" }}\n",
+        stack.supervisor()
+    );
+    stack.write_config(&text);
+    let mut d = stack.start();
+    d.wait_healthy(UP);
+    let old = stack.containers()["web"].clone();
+    let old_started = inspect(&old)["State"]["StartedAt"].clone();
+
+    // An image without it never becomes healthy: the old container keeps running.
+    let out = berth(
+        &stack,
+        &["deploy", "web", "berth-demo/redis:7", "--no-backup"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        inspect(&old)["State"]["StartedAt"],
+        old_started,
+        "old container never stopped"
+    );
+    let h = d.wait_healthy(UP);
+    assert_eq!(
+        h["services"]["web"]["image"],
+        "berth-demo/fake-telegram:latest"
+    );
+    assert_eq!(h["services"]["web"]["container_id"], inspect(&old)["Id"]);
+
+    // A good one (the same image, deployed again): started and healthy before the old
+    // one stopped.
+    let out = berth(
+        &stack,
+        &[
+            "deploy",
+            "web",
+            "berth-demo/fake-telegram:latest",
+            "--no-backup",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let h = d.wait_healthy(UP);
+    assert_eq!(h["deploy"]["web"]["outcome"], "deployed");
+    let new = inspect(&stack.container_name("web"));
+    let previous = inspect(&format!("{}.previous", stack.container_name("web")));
+    assert_eq!(previous["Id"], inspect(&old)["Id"]);
+    let (new_start, old_stop) = (
+        new["State"]["StartedAt"].as_str().unwrap_or(""),
+        previous["State"]["FinishedAt"].as_str().unwrap_or(""),
+    );
+    assert!(
+        new_start < old_stop,
+        "overlap: new started {new_start}, old stopped {old_stop}"
+    );
+}

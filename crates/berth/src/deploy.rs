@@ -1,7 +1,9 @@
 //! Health-gated deploys for a long-polling bot: present image, pre-deploy backup,
 //! migration in a one-off container of the new image, stop the old container, start the
 //! new one, wait for healthy, else roll back to the old container (kept stopped as
-//! `<name>.previous`). Never two containers of the service running at once.
+//! `<name>.previous`). With the default `stop-first` strategy there are never two
+//! containers of the service running at once; `start-first` (for services that tolerate
+//! overlap) starts the new one as `<name>.next` and stops the old once it is healthy.
 //!
 //! Deployed images are recorded in `state_dir/deploys.json` and override the file's
 //! `image` until the file's own `image` changes.
@@ -12,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
-use berth_config::Config;
+use berth_config::{Config, Strategy};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -150,7 +152,33 @@ impl Supervisor {
             .rename_container(&previous_name, &parked)
             .await
             .is_ok();
+        let start_first = svc.deploy.strategy == Strategy::StartFirst;
         let r = async {
+            if start_first {
+                // Overlap allowed: the new container must be healthy before the old stops.
+                let next = format!("{name}.next");
+                let _ = self.engine.remove_container(&next, true).await;
+                let mut spec = spec::container_spec(&cfg, &new_svc);
+                spec.name = next.clone();
+                let new_id = self.engine.create_container(&spec).await?;
+                if let Err(e) = self
+                    .start_and_wait(&cfg, &new_svc, &new_id, svc.deploy.health_timeout)
+                    .await
+                {
+                    self.expect_stop(&new_id);
+                    let _ = self.engine.remove_container(&new_id, true).await;
+                    return Err(e);
+                }
+                if let Some(old) = &old {
+                    self.expect_stop(old);
+                    self.engine
+                        .stop_container(old, svc.stop_grace_period)
+                        .await?;
+                    self.engine.rename_container(old, &previous_name).await?;
+                }
+                self.engine.rename_container(&new_id, &name).await?;
+                return anyhow::Ok(new_id);
+            }
             if let Some(old) = &old {
                 self.engine.rename_container(old, &previous_name).await?;
             }
@@ -182,8 +210,17 @@ impl Supervisor {
             Err(e) => {
                 let reason = format!("{e:#}");
                 warn!(service, image, error = %reason, "deploy failed: rolling back");
-                self.roll_back_to_previous(&cfg, &svc, &name, &previous_name)
-                    .await?;
+                match (&old, start_first) {
+                    // The old container never stopped: only its health needs confirming.
+                    (Some(old), true) => {
+                        self.start_and_wait(&cfg, &svc, old, svc.deploy.health_timeout)
+                            .await?
+                    }
+                    _ => {
+                        self.roll_back_to_previous(&cfg, &svc, &name, &previous_name)
+                            .await?
+                    }
+                }
                 if had_previous {
                     let _ = self.engine.rename_container(&parked, &previous_name).await;
                 }

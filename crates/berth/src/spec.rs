@@ -76,7 +76,11 @@ pub async fn observe(
     let containers = containers
         .into_iter()
         // A deploy's rollback target (and one mid-rollback) is not the service's container.
-        .filter(|c| !c.name.contains(crate::deploy::PREVIOUS) && !c.name.ends_with(".rolling-back"))
+        .filter(|c| {
+            !c.name.contains(crate::deploy::PREVIOUS)
+                && !c.name.ends_with(".rolling-back")
+                && !c.name.ends_with(".next")
+        })
         .filter_map(|c| {
             Some(ObservedContainer {
                 service: c.labels.get(LABEL_SERVICE)?.clone(),

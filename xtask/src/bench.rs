@@ -44,6 +44,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if wanted("crash_restart") {
         results.push(crash_restart(&bin, &dir, runs)?);
     }
+    if wanted("deploy_gap") {
+        results.push(deploy_gap(&bin, &dir, if quick { 4 } else { 20 })?);
+    }
     if wanted("health_rps") || wanted("idle_rss") || wanted("backup") {
         // Throughput, memory and hashing speed are properties of the build users run.
         let release = crate::cargo_build_release(&["berth"])?.join("berth");
@@ -700,6 +703,150 @@ fn backup(bin: &Path, dir: &Path, quick: bool) -> anyhow::Result<Result> {
             db_size.trim().parse::<u64>().unwrap_or(0) / 1_000_000,
             size / 1_000_000,
             (peak.saturating_sub(rss0)) as f64 / 1024.0
+        ),
+    })
+}
+
+/// Body of GET http://127.0.0.1:port/path.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut all = String::new();
+    s.read_to_string(&mut all).ok()?;
+    all.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// The fake Bot API's polls: (start_ms, end_ms) sorted by start, and the 409 count.
+fn polls(port: u16) -> anyhow::Result<(Vec<(u64, u64)>, u64)> {
+    let body = http_get(port, "/_control/polls").context("fake Bot API not answering")?;
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    let mut out: Vec<(u64, u64)> = v["polls"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                // An open poll (no end yet) is open until now.
+                .filter_map(|p| {
+                    Some((
+                        p["start_ms"].as_u64()?,
+                        p["end_ms"].as_u64().unwrap_or(u64::MAX),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    Ok((out, v["conflicts"].as_u64().unwrap_or(0)))
+}
+
+/// The longest time no poll was open, among polls that started within [from, to].
+fn longest_gap(polls: &[(u64, u64)], from: u64, to: u64) -> f64 {
+    let mut gap = 0u64;
+    let mut open_until = 0u64;
+    for (start, end) in polls {
+        if open_until > 0 && *start >= from && *start <= to {
+            gap = gap.max(start.saturating_sub(open_until));
+        }
+        open_until = open_until.max(*end);
+    }
+    gap as f64
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn published_port(container: &str) -> anyhow::Result<u16> {
+    let out = docker(&["port", container, "8081"])?;
+    out.lines()
+        .next()
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.trim().parse().ok())
+        .with_context(|| format!("no published port for {container}: {out}"))
+}
+
+fn deploy_gap(bin: &Path, dir: &Path, n: usize) -> anyhow::Result<Result> {
+    let project = "bench-deploy";
+    let port = free_port()?;
+    let (toml, yml) = demo_files(dir, project, port)?;
+    clean(project);
+    let berth = Berth::start(bin, &toml, &dir.join("deploy.log"))?;
+    wait("berth healthy", Duration::from_secs(120), || {
+        http_status(port, "/health") == Some(200)
+    })?;
+    let tg = published_port(&format!("{project}-telegram"))?;
+    let mut b = Vec::new();
+    for i in 0..n {
+        let image = if i % 2 == 0 {
+            "berth-demo/bot:2"
+        } else {
+            "berth-demo/bot:1"
+        };
+        let from = now_ms();
+        let out = Command::new(bin)
+            .args(["deploy", "bot", image, "--no-backup", "-c"])
+            .arg(&toml)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "berth deploy failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // The new bot's first poll may begin just after the command returns.
+        std::thread::sleep(Duration::from_millis(1500));
+        let (p, _) = polls(tg)?;
+        b.push(longest_gap(&p, from, now_ms()));
+    }
+    let (_, berth_conflicts) = polls(tg)?;
+    drop(berth);
+    clean(project);
+
+    // Anchor: docker-compose recreating the bot with the other image.
+    let yml_text = std::fs::read_to_string(&yml)?;
+    compose(&yml, project, &["up", "-d"])?;
+    wait("compose healthy", Duration::from_secs(120), || {
+        compose_all_healthy(project)
+    })?;
+    let tg = published_port(&format!("{project}_telegram_1"))?;
+    let mut a = Vec::new();
+    for i in 0..n {
+        let image = if i % 2 == 0 {
+            "berth-demo/bot:2"
+        } else {
+            "berth-demo/bot:1"
+        };
+        std::fs::write(
+            &yml,
+            yml_text.replace("image: berth-demo/bot:1", &format!("image: {image}")),
+        )?;
+        let from = now_ms();
+        compose(&yml, project, &["up", "-d", "bot"])?;
+        wait("new bot polling", Duration::from_secs(60), || {
+            polls(tg).is_ok_and(|(p, _)| {
+                p.iter().any(|(s, _)| *s > from + 1) && longest_gap(&p, from, now_ms()) > 0.0
+            })
+        })?;
+        std::thread::sleep(Duration::from_millis(1500));
+        let (p, _) = polls(tg)?;
+        a.push(longest_gap(&p, from, now_ms()));
+    }
+    let (_, compose_conflicts) = polls(tg)?;
+    std::fs::write(&yml, yml_text)?;
+    clean(project);
+    let max = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
+    let (bmax, amax) = (max(&b), max(&a));
+    Ok(Result {
+        name: "deploy_gap",
+        berth: median(b),
+        anchor: median(a),
+        unit: "ms",
+        goal: "≤ 0.5",
+        note: format!(
+            "{n} deploys bot:1↔bot:2; longest time with no poll open; max berth {bmax:.0} ms, compose {amax:.0} ms; 409s: berth {berth_conflicts}, compose {compose_conflicts}"
         ),
     })
 }

@@ -169,7 +169,7 @@ async fn get_updates(app: &App, p: &HashMap<String, Value>, client: String) -> R
     let timeout = Duration::from_secs(int(p, "timeout").unwrap_or(0).clamp(0, 50) as u64);
     let limit = int(p, "limit").unwrap_or(100).clamp(1, 100) as usize;
     let start_ms = now_ms();
-    let (id, cancelled) = {
+    let (id, cancelled, index) = {
         let mut g = app.lock();
         // An offset confirms every update before it.
         if offset > 0 {
@@ -183,7 +183,11 @@ async fn get_updates(app: &App, p: &HashMap<String, Value>, client: String) -> R
         let id = g.next_poll;
         let (tx, rx) = oneshot::channel();
         g.open = Some((id, tx));
-        (id, rx)
+        // Recorded when it starts (end_ms null while open), so a test sees a poll at once.
+        g.polls.push(
+            json!({"client": client, "start_ms": start_ms, "end_ms": null, "conflict": false}),
+        );
+        (id, rx, g.polls.len() - 1)
     };
     let deadline = tokio::time::Instant::now() + timeout;
     tokio::pin!(cancelled);
@@ -215,9 +219,10 @@ async fn get_updates(app: &App, p: &HashMap<String, Value>, client: String) -> R
     if conflict {
         g.conflicts += 1;
     }
-    g.polls.push(
-        json!({"client": client, "start_ms": start_ms, "end_ms": now_ms(), "conflict": conflict}),
-    );
+    if let Some(p) = g.polls.get_mut(index) {
+        p["end_ms"] = json!(now_ms());
+        p["conflict"] = json!(conflict);
+    }
     drop(g);
     match result {
         Some(updates) => ok(Value::Array(updates)),

@@ -193,7 +193,8 @@ probe = {{ http = {{ port = 8000, path = "/health" }}, interval = "2s" }}
         format!("{}-{service}", self.project)
     }
 
-    /// Ids of this project's containers, by service.
+    /// Ids of this project's service containers, by service. Containers the engine is
+    /// removing do not count; two live containers for one service fail the test.
     pub fn containers(&self) -> std::collections::BTreeMap<String, String> {
         let out = docker(&[
             "ps",
@@ -201,15 +202,24 @@ probe = {{ http = {{ port = 8000, path = "/health" }}, interval = "2s" }}
             "--filter",
             &format!("label=berth.project={}", self.project),
             "--format",
-            "{{.ID}} {{.Label \"berth.service\"}}",
+            "{{.ID}} {{.State}} {{.Names}} {{.Label \"berth.service\"}}",
         ])
         .expect("docker ps");
-        out.lines()
-            .filter_map(|l| {
-                let (id, svc) = l.split_once(' ')?;
-                Some((svc.to_string(), id.to_string()))
-            })
-            .collect()
+        let mut map = std::collections::BTreeMap::new();
+        for l in out.lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [id, state, name, svc] = f[..] else {
+                continue;
+            };
+            // A deploy's kept previous container is not the service's container.
+            if matches!(state, "removing" | "dead") || name.contains(".previous") {
+                continue;
+            }
+            if let Some(other) = map.insert(svc.to_string(), id.to_string()) {
+                panic!("two containers for service {svc}: {other} and {id}\n{out}");
+            }
+        }
+        map
     }
 
     /// The fake Bot API's control endpoint.

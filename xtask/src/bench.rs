@@ -846,7 +846,7 @@ fn deploy_gap(bin: &Path, dir: &Path, n: usize) -> anyhow::Result<Result> {
         unit: "ms",
         goal: "≤ 0.5",
         note: format!(
-            "{n} deploys bot:1↔bot:2; longest time with no poll open; max berth {bmax:.0} ms, compose {amax:.0} ms; 409s: berth {berth_conflicts}, compose {compose_conflicts}"
+            "{n} deploys bot:1↔bot:2; longest time with no poll open; max berth {bmax:.0} ms, compose {amax:.0} ms; 409s: berth {berth_conflicts}, compose {compose_conflicts}. Both stop the old poller before starting the new one; berth has created the new container beforehand, so its gap is one container start plus the bot's own start-up and first poll, which no supervisor can shorten"
         ),
     })
 }

@@ -584,7 +584,8 @@ impl Supervisor {
                 }
             };
             let Some(id) = id else { continue };
-            if state != State::Running {
+            // A held service belongs to a deploy or restore in progress: hands off.
+            if state != State::Running || self.is_held(&service) {
                 failures = 0;
                 continue;
             }
@@ -611,7 +612,9 @@ impl Supervisor {
                     s.health = health;
                 }
             });
-            if failures >= p.failures {
+            // The container may have changed while the probe ran (deploy, restore).
+            let still_current = self.current_container(&service).as_deref() == Some(id.as_str());
+            if failures >= p.failures && still_current && !self.is_held(&service) {
                 warn!(service = %service, failures, error = r.error.as_deref().unwrap_or(""), "probe failing: restarting");
                 failures = 0;
                 // A hung service is restarted at once: it did not crash-loop.
@@ -621,8 +624,10 @@ impl Supervisor {
                     warn!(service = %service, error = %e, "stopping unhealthy container");
                 }
                 self.update_service(&service, |s| {
-                    s.state = State::Exited;
-                    s.health = Health::Unhealthy;
+                    if s.container_id.as_deref() == Some(id.as_str()) {
+                        s.state = State::Exited;
+                        s.health = Health::Unhealthy;
+                    }
                 });
                 self.schedule_restart(service.clone(), id, Duration::ZERO, true);
             }

@@ -364,6 +364,32 @@ impl Stack {
         Daemon::start_env(&self.config, self.dir.path(), self.health_port, env)
     }
 
+    /// Runs a berth CLI command against this stack's config.
+    pub fn berth(&self, args: &[&str]) -> std::process::Output {
+        Command::new(berth_bin())
+            .args(args)
+            .arg("-c")
+            .arg(&self.config)
+            .output()
+            .expect("berth")
+    }
+
+    /// Runs SQL in the demo stack's database (user and database `bot`).
+    pub fn psql(&self, sql: &str) -> String {
+        docker(&[
+            "exec",
+            &self.container_name("postgres"),
+            "psql",
+            "-U",
+            "bot",
+            "-d",
+            "bot",
+            "-tAc",
+            sql,
+        ])
+        .expect("psql")
+    }
+
     /// `docker inspect` of a service's current container.
     pub fn inspect_service(&self, service: &str) -> Value {
         inspect(&self.container_name(service))

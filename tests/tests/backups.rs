@@ -9,30 +9,6 @@ use serde_json::Value;
 
 const UP: Duration = Duration::from_secs(120);
 
-fn berth(stack: &Stack, args: &[&str]) -> std::process::Output {
-    Command::new(berth_bin())
-        .args(args)
-        .arg("-c")
-        .arg(&stack.config)
-        .output()
-        .expect("berth")
-}
-
-fn psql(stack: &Stack, sql: &str) -> String {
-    docker(&[
-        "exec",
-        &stack.container_name("postgres"),
-        "psql",
-        "-U",
-        "bot",
-        "-d",
-        "bot",
-        "-tAc",
-        sql,
-    ])
-    .expect("psql")
-}
-
 fn sha256(path: &std::path::Path) -> String {
     let out = Command::new("sha256sum")
         .arg(path)
@@ -46,7 +22,7 @@ fn sha256(path: &std::path::Path) -> String {
 }
 
 fn backups_json(stack: &Stack) -> Vec<Value> {
-    let out = berth(stack, &["backups", "--json"]);
+    let out = stack.berth(&["backups", "--json"]);
     assert!(out.status.success(), "{out:?}");
     serde_json::from_slice::<Value>(&out.stdout)
         .expect("json")
@@ -69,12 +45,11 @@ fn backup_and_restore_round_trip_with_the_bot_running() {
     stack.write_config(&with_backup(&stack, "backups", "03:30"));
     let mut d = stack.start();
     d.wait_healthy(UP);
-    psql(
-        &stack,
+    stack.psql(
         "CREATE TABLE notes (id int primary key, body text); INSERT INTO notes SELECT g, md5(g::text) FROM generate_series(1, 500) g",
     );
 
-    let out = berth(&stack, &["backup"]);
+    let out = stack.berth(&["backup"]);
     assert!(
         out.status.success(),
         "{}",
@@ -108,25 +83,25 @@ fn backup_and_restore_round_trip_with_the_bot_running() {
     assert!(h["backup"]["last_ok_at"].is_string() && h["backup"]["last_error"].is_null());
 
     // Lose data, then restore the latest backup while the bot runs.
-    psql(&stack, "DELETE FROM notes WHERE id > 10; DROP TABLE users");
+    stack.psql("DELETE FROM notes WHERE id > 10; DROP TABLE users");
     let bot_started = stack.inspect_service("bot")["State"]["StartedAt"].clone();
-    let out = berth(&stack, &["restore", "latest"]);
+    let out = stack.berth(&["restore", "latest"]);
     assert_eq!(
         out.status.code(),
         Some(1),
         "no --yes without a terminal refuses"
     );
-    let out = berth(&stack, &["restore", "latest", "--yes"]);
+    let out = stack.berth(&["restore", "latest", "--yes"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        psql(&stack, "SELECT count(*), sum(id) FROM notes"),
+        stack.psql("SELECT count(*), sum(id) FROM notes"),
         "500|125250"
     );
-    assert_eq!(psql(&stack, "SELECT count(*) FROM users"), "0");
+    assert_eq!(stack.psql("SELECT count(*) FROM users"), "0");
     // The bot was stopped for the restore and started again, healthy.
     assert_ne!(
         stack.inspect_service("bot")["State"]["StartedAt"],
@@ -167,7 +142,7 @@ fn a_full_disk_fails_the_backup_cleanly_and_keeps_older_ones() {
     d.wait_health("healthy", UP, |h| h["status"] == "ok");
 
     // A small first backup fits.
-    let out = berth(&stack, &["backup"]);
+    let out = stack.berth(&["backup"]);
     assert!(
         out.status.success(),
         "{}",
@@ -178,11 +153,10 @@ fn a_full_disk_fails_the_backup_cleanly_and_keeps_older_ones() {
     let first_sum = sha256(&first_path);
 
     // Then the database outgrows the disk.
-    psql(
-        &stack,
+    stack.psql(
         "CREATE TABLE big AS SELECT g, md5(g::text) || md5((g * 7)::text) AS junk FROM generate_series(1, 30000) g",
     );
-    let out = berth(&stack, &["backup"]);
+    let out = stack.berth(&["backup"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -243,7 +217,7 @@ fn a_backup_missed_while_berth_was_down_runs_at_start() {
     stack.write_config(&with_backup(&stack, "backups", "03:30"));
     let mut d = stack.start();
     d.wait_healthy(UP);
-    let out = berth(&stack, &["backup"]);
+    let out = stack.berth(&["backup"]);
     assert!(
         out.status.success(),
         "{}",

@@ -1,21 +1,11 @@
 //! Health-gated deploys of the long-polling demo bot on the real engine.
 
-use std::process::Command;
 use std::time::Duration;
 
 use berth_tests::*;
 use serde_json::{Value, json};
 
 const UP: Duration = Duration::from_secs(120);
-
-fn berth(stack: &Stack, args: &[&str]) -> std::process::Output {
-    Command::new(berth_bin())
-        .args(args)
-        .arg("-c")
-        .arg(&stack.config)
-        .output()
-        .expect("berth")
-}
 
 fn config(stack: &Stack, migrate: &str) -> String {
     stack.demo_config("berth-demo/bot:1").replace(
@@ -49,21 +39,6 @@ fn running_bots(stack: &Stack) -> usize {
     .count()
 }
 
-fn psql(stack: &Stack, sql: &str) -> String {
-    docker(&[
-        "exec",
-        &stack.container_name("postgres"),
-        "psql",
-        "-U",
-        "bot",
-        "-d",
-        "bot",
-        "-tAc",
-        sql,
-    ])
-    .expect("psql")
-}
-
 #[test]
 fn deploy_then_broken_deploy_rolls_back_then_rollback_and_adoption() {
     let stack = Stack::new("deploy");
@@ -71,15 +46,12 @@ fn deploy_then_broken_deploy_rolls_back_then_rollback_and_adoption() {
     let mut d = stack.start();
     d.wait_healthy(UP);
     assert_eq!(
-        psql(
-            &stack,
-            "SELECT string_agg(name, ',' ORDER BY name) FROM schema_migrations"
-        ),
+        stack.psql("SELECT string_agg(name, ',' ORDER BY name) FROM schema_migrations"),
         "001_users.sql"
     );
 
     // bot:1 -> bot:2: migration applied, stop-first, no conflict.
-    let out = berth(&stack, &["deploy", "bot", "berth-demo/bot:2"]);
+    let out = stack.berth(&["deploy", "bot", "berth-demo/bot:2"]);
     assert!(
         out.status.success(),
         "{}{}",
@@ -87,10 +59,7 @@ fn deploy_then_broken_deploy_rolls_back_then_rollback_and_adoption() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        psql(
-            &stack,
-            "SELECT string_agg(name, ',' ORDER BY name) FROM schema_migrations"
-        ),
+        stack.psql("SELECT string_agg(name, ',' ORDER BY name) FROM schema_migrations"),
         "001_users.sql,002_language.sql"
     );
     let h = d.wait_healthy(UP);
@@ -123,10 +92,7 @@ fn deploy_then_broken_deploy_rolls_back_then_rollback_and_adoption() {
     });
 
     // bot:broken never passes its probe: rolled back to bot:2.
-    let out = berth(
-        &stack,
-        &["deploy", "bot", "berth-demo/bot:broken", "--no-backup"],
-    );
+    let out = stack.berth(&["deploy", "bot", "berth-demo/bot:broken", "--no-backup"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("rolled back to berth-demo/bot:2"), "{err}");
@@ -136,7 +102,7 @@ fn deploy_then_broken_deploy_rolls_back_then_rollback_and_adoption() {
     assert_eq!(running_bots(&stack), 1);
 
     // `berth rollback` goes back to bot:1 (the rollback target survived the failed deploy).
-    let out = berth(&stack, &["rollback", "bot"]);
+    let out = stack.berth(&["rollback", "bot"]);
     assert!(
         out.status.success(),
         "{}",
@@ -168,10 +134,7 @@ fn a_failed_migration_leaves_the_old_version_untouched() {
     d.wait_healthy(UP);
     let bot = stack.containers()["bot"].clone();
     let started = inspect(&bot)["State"]["StartedAt"].clone();
-    let out = berth(
-        &stack,
-        &["deploy", "bot", "berth-demo/bot:2", "--no-backup"],
-    );
+    let out = stack.berth(&["deploy", "bot", "berth-demo/bot:2", "--no-backup"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -211,10 +174,7 @@ fn start_first_overlaps_and_keeps_the_old_container_on_failure() {
     let old_started = inspect(&old)["State"]["StartedAt"].clone();
 
     // An image without it never becomes healthy: the old container keeps running.
-    let out = berth(
-        &stack,
-        &["deploy", "web", "berth-demo/redis:7", "--no-backup"],
-    );
+    let out = stack.berth(&["deploy", "web", "berth-demo/redis:7", "--no-backup"]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -235,15 +195,12 @@ fn start_first_overlaps_and_keeps_the_old_container_on_failure() {
 
     // A good one (the same image, deployed again): started and healthy before the old
     // one stopped.
-    let out = berth(
-        &stack,
-        &[
-            "deploy",
-            "web",
-            "berth-demo/fake-telegram:latest",
-            "--no-backup",
-        ],
-    );
+    let out = stack.berth(&[
+        "deploy",
+        "web",
+        "berth-demo/fake-telegram:latest",
+        "--no-backup",
+    ]);
     assert!(
         out.status.success(),
         "{}",

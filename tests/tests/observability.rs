@@ -15,15 +15,6 @@ fn config(stack: &Stack, extra: &str) -> String {
     )
 }
 
-fn berth(stack: &Stack, args: &[&str]) -> std::process::Output {
-    Command::new(berth_bin())
-        .args(args)
-        .arg("-c")
-        .arg(&stack.config)
-        .output()
-        .expect("berth")
-}
-
 fn is_time(v: &Value) -> bool {
     v.as_str().is_some_and(humantime_like)
 }
@@ -175,7 +166,7 @@ fn health_metrics_status_and_logs_of_a_healthy_stack() {
     }
 
     // status: a table, exit 0.
-    let out = berth(&stack, &["status"]);
+    let out = stack.berth(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.starts_with("status: ok"), "{text}");
@@ -185,12 +176,12 @@ fn health_metrics_status_and_logs_of_a_healthy_stack() {
         "{text}"
     );
     assert!(text.contains("backup: none yet"), "{text}");
-    let out = berth(&stack, &["status", "--json"]);
+    let out = stack.berth(&["status", "--json"]);
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["services"]["api"]["health"], "healthy");
 
     // logs: the container's output through the engine.
-    let out = berth(&stack, &["logs", "cache", "-n", "50"]);
+    let out = stack.berth(&["logs", "cache", "-n", "50"]);
     assert!(out.status.success(), "{out:?}");
     let all = format!(
         "{}{}",
@@ -198,7 +189,7 @@ fn health_metrics_status_and_logs_of_a_healthy_stack() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(all.contains("Ready to accept connections"), "{all}");
-    let out = berth(&stack, &["logs", "nosuch"]);
+    let out = stack.berth(&["logs", "nosuch"]);
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -221,7 +212,7 @@ fn an_unhealthy_service_makes_health_503_down_and_status_exit_1() {
         "{h:#}"
     );
     assert_eq!(d.health().map(|(c, _)| c), Some(503));
-    let out = berth(&stack, &["status"]);
+    let out = stack.berth(&["status"]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -235,7 +226,7 @@ fn an_unhealthy_service_makes_health_503_down_and_status_exit_1() {
 fn status_without_a_daemon_exits_3_and_asks_the_engine() {
     let stack = Stack::new("nodaemon");
     stack.write_config(&config(&stack, ""));
-    let out = berth(&stack, &["status"]);
+    let out = stack.berth(&["status"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not answering"));
     let text = String::from_utf8_lossy(&out.stdout);

@@ -440,6 +440,17 @@ async fn row_counts(
         .collect())
 }
 
+/// Drops `db` if it exists, disconnecting whoever uses it.
+async fn drop_database(
+    engine: &dyn Engine,
+    cid: &str,
+    b: &Backup,
+    db: &str,
+) -> anyhow::Result<String> {
+    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(db));
+    psql(engine, cid, b, "postgres", &sql).await
+}
+
 fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
@@ -452,17 +463,7 @@ async fn restore_into(
     path: &Path,
     scratch: &str,
 ) -> anyhow::Result<()> {
-    psql(
-        engine,
-        cid,
-        b,
-        "postgres",
-        &format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            quote_ident(scratch)
-        ),
-    )
-    .await?;
+    drop_database(engine, cid, b, scratch).await?;
     psql(
         engine,
         cid,
@@ -491,17 +492,7 @@ async fn restore_into(
     )
     .await?;
     if code != 0 {
-        let _ = psql(
-            engine,
-            cid,
-            b,
-            "postgres",
-            &format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                quote_ident(scratch)
-            ),
-        )
-        .await;
+        let _ = drop_database(engine, cid, b, scratch).await;
         bail!("pg_restore failed (exit code {code}): {}", tail(&err));
     }
     Ok(())
@@ -517,17 +508,7 @@ async fn verify_restore(
     let scratch = format!("{}_berth_verify", b.database);
     restore_into(engine, cid, b, path, &scratch).await?;
     let restored = row_counts(engine, cid, b, &scratch).await;
-    let _ = psql(
-        engine,
-        cid,
-        b,
-        "postgres",
-        &format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            quote_ident(&scratch)
-        ),
-    )
-    .await;
+    let _ = drop_database(engine, cid, b, &scratch).await;
     let restored = restored?;
     let live = row_counts(engine, cid, b, &b.database).await?;
     let differ: Vec<String> = restored
@@ -563,17 +544,7 @@ pub async fn restore_database(
     let (cid, _) = container(engine, cfg, b).await?;
     let incoming = format!("{}_berth_restore", b.database);
     restore_into(engine, cid.as_str(), b, &path, &incoming).await?;
-    psql(
-        engine,
-        &cid,
-        b,
-        "postgres",
-        &format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            quote_ident(&b.database)
-        ),
-    )
-    .await?;
+    drop_database(engine, &cid, b, &b.database).await?;
     psql(
         engine,
         &cid,

@@ -98,6 +98,14 @@ impl DeployState {
     }
 }
 
+/// The service's settings, or an error naming it.
+fn service_config(cfg: &Config, service: &str) -> anyhow::Result<berth_config::Service> {
+    cfg.services
+        .get(service)
+        .cloned()
+        .with_context(|| format!("no service {service:?} in the config"))
+}
+
 impl Supervisor {
     /// `berth deploy SERVICE IMAGE`: Ok when the new image runs healthy; Err when the
     /// deploy was refused, aborted (old version untouched) or rolled back (with why).
@@ -114,11 +122,7 @@ impl Supervisor {
         let _backups = self.backup_lock.lock().await;
         let started = Instant::now();
         let cfg = self.config();
-        let svc = cfg
-            .services
-            .get(service)
-            .with_context(|| format!("no service {service:?} in the config"))?
-            .clone();
+        let svc = service_config(&cfg, service)?;
         let previous_image = svc.image.clone();
         if !self.engine.image_exists(image).await? {
             bail!(
@@ -380,11 +384,7 @@ impl Supervisor {
         };
         let started = Instant::now();
         let cfg = self.config();
-        let svc = cfg
-            .services
-            .get(service)
-            .with_context(|| format!("no service {service:?} in the config"))?
-            .clone();
+        let svc = service_config(&cfg, service)?;
         let name = cfg.container_name(service);
         let previous_name = format!("{name}{PREVIOUS}");
         let previous = self

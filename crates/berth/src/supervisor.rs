@@ -346,8 +346,8 @@ impl Supervisor {
         });
         let results = futures::future::join_all(ups).await;
         let failed = results.iter().filter(|r| r.is_err()).count();
-        let summary = self.snap.borrow().summary();
         if failed > 0 {
+            let summary = self.snap.borrow().summary();
             anyhow::bail!("{failed} service(s) not up: {summary}");
         }
         Ok(())

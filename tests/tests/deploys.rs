@@ -220,3 +220,148 @@ fn start_first_overlaps_and_keeps_the_old_container_on_failure() {
         "overlap: new started {new_start}, old stopped {old_stop}"
     );
 }
+
+fn out_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn a_reload_that_changes_the_image_goes_through_the_deploy_flow() {
+    let stack = Stack::new("reloaddeploy");
+    stack.write_config(&config(&stack, "[\"demo-bot\", \"migrate\"]"));
+    let mut d = stack.start();
+    d.wait_healthy(UP);
+
+    // The file names bot:2: migrated, health-gated, recorded as a deploy.
+    stack.write_config(&config(&stack, "[\"demo-bot\", \"migrate\"]").replace("bot:1", "bot:2"));
+    d.signal("HUP");
+    let h = d.wait_health("bot:2 deployed", UP, |h| {
+        h["deploy"]["bot"]["image"] == "berth-demo/bot:2" && h["status"] == "ok"
+    });
+    assert_eq!(h["deploy"]["bot"]["outcome"], "deployed", "{h}");
+    assert_eq!(h["services"]["bot"]["image"], "berth-demo/bot:2");
+    assert_eq!(
+        stack.psql("SELECT string_agg(name, ',' ORDER BY name) FROM schema_migrations"),
+        "001_users.sql,002_language.sql"
+    );
+    let previous = format!("{}.previous", stack.container_name("bot"));
+    assert_eq!(inspect(&previous)["Config"]["Image"], "berth-demo/bot:1");
+
+    // The file names a broken image: rolled back, bot:2 keeps running.
+    stack.write_config(
+        &config(&stack, "[\"demo-bot\", \"migrate\"]").replace("bot:1", "bot:broken"),
+    );
+    let bot2 = stack.containers()["bot"].clone();
+    d.signal("HUP");
+    let h = d.wait_health("bot:broken rolled back", UP, |h| {
+        h["deploy"]["bot"]["image"] == "berth-demo/bot:broken" && h["status"] == "ok"
+    });
+    assert_eq!(h["deploy"]["bot"]["outcome"], "rolled_back", "{h}");
+    assert_eq!(h["services"]["bot"]["image"], "berth-demo/bot:2");
+    assert_eq!(
+        stack.containers()["bot"],
+        bot2,
+        "the old container came back"
+    );
+    assert_eq!(running_bots(&stack), 1);
+    assert_eq!(polls(&stack)["conflicts"], 0, "never two pollers");
+
+    // A restarted berth keeps bot:2 (the file's image failed) and touches nothing.
+    d.kill9();
+    let mut d2 = stack.start();
+    let h = d2.wait_healthy(UP);
+    assert_eq!(h["services"]["bot"]["image"], "berth-demo/bot:2");
+    assert_eq!(stack.containers()["bot"], bot2);
+    assert!(!d2.logs().contains("supervisor: plan"), "{}", d2.logs());
+}
+
+#[test]
+fn berth_killed_mid_deploy_comes_back_to_exactly_one_bot() {
+    let stack = Stack::new("killdeploy");
+    stack.write_config(&config(&stack, "[\"demo-bot\", \"migrate\"]"));
+    let mut d = stack.start();
+    d.wait_healthy(UP);
+    let bot1 = stack.containers()["bot"].clone();
+
+    std::thread::scope(|s| {
+        // bot:broken never gets healthy: the deploy sits in its health gate (10 s).
+        let deploy = s.spawn(|| stack.berth(&["deploy", "bot", "berth-demo/bot:broken"]));
+        d.wait_health("the new bot starting", UP, |h| {
+            h["services"]["bot"]["image"] == "berth-demo/bot:broken"
+        });
+        let second = stack.berth(&["deploy", "bot", "berth-demo/bot:2", "--no-backup"]);
+        assert_eq!(second.status.code(), Some(1));
+        assert!(
+            out_text(&second).contains("another deploy is running"),
+            "{}",
+            out_text(&second)
+        );
+        d.signal("KILL");
+        let first = deploy.join().expect("deploy thread");
+        assert!(!first.status.success(), "{}", out_text(&first));
+    });
+    d.kill9();
+
+    let mut d2 = stack.start();
+    let h = d2.wait_healthy(UP);
+    assert_eq!(running_bots(&stack), 1, "{}", d2.logs());
+    assert_eq!(h["services"]["bot"]["image"], "berth-demo/bot:1");
+    assert_eq!(stack.containers()["bot"], bot1, "the old container is back");
+    assert_eq!(h["deploy"]["bot"]["outcome"], "interrupted", "{h}");
+    assert_eq!(polls(&stack)["conflicts"], 0, "never two pollers");
+    // No leftover of the interrupted deploy runs or lingers as the rollback target.
+    assert!(
+        docker(&[
+            "inspect",
+            &format!("{}.previous", stack.container_name("bot"))
+        ])
+        .is_err()
+    );
+}
+
+#[test]
+fn a_deploy_waits_for_a_running_backup_and_rollback_can_restore_the_database() {
+    let stack = Stack::new("deploybackup");
+    stack.write_config(&format!(
+        "{}\n[backup]\nservice = \"postgres\"\ndatabase = \"bot\"\nuser = \"bot\"\ndir = \"backups\"\nverify = false\n",
+        config(&stack, "[\"demo-bot\", \"migrate\"]")
+    ));
+    let mut d = stack.start();
+    d.wait_healthy(UP);
+    // Enough data that a dump takes a moment.
+    stack.psql(
+        "CREATE TABLE filler AS SELECT g AS id, md5(g::text) || md5((g+1)::text) AS pad FROM generate_series(1, 1500000) g",
+    );
+    stack.psql("CREATE TABLE marks (v text); INSERT INTO marks VALUES ('before')");
+
+    std::thread::scope(|s| {
+        let backup = s.spawn(|| stack.berth(&["backup"]));
+        wait_for("backup starting", UP, || {
+            d.logs().contains("backup starting").then_some(())
+        });
+        let out = stack.berth(&["deploy", "bot", "berth-demo/bot:2"]);
+        assert!(out.status.success(), "{}", out_text(&out));
+        let b = backup.join().expect("backup thread");
+        assert!(b.status.success(), "{}", out_text(&b));
+    });
+    let logs = d.logs();
+    let waited = logs
+        .find("deploy waits for the running backup")
+        .expect("the deploy waited");
+    let done = logs.find("backup done").expect("backup done");
+    let pre = logs.find("pre-deploy backup").expect("pre-deploy backup");
+    assert!(waited < done && done < pre, "{logs}");
+
+    // Data written after the deploy is undone by rollback --restore-db.
+    stack.psql("UPDATE marks SET v = 'after'");
+    let out = stack.berth(&["rollback", "bot", "--restore-db"]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    let h = d.wait_healthy(UP);
+    assert_eq!(h["services"]["bot"]["image"], "berth-demo/bot:1");
+    assert_eq!(stack.psql("SELECT v FROM marks"), "before");
+    assert_eq!(running_bots(&stack), 1);
+}

@@ -40,6 +40,7 @@ pub async fn serve(listener: tokio::net::UnixListener, sup: Arc<Supervisor>) -> 
         .route("/restore/{which}", post(restore))
         .route("/deploy", post(deploy))
         .route("/rollback/{service}", post(rollback))
+        .route("/rollback/{service}/restore-db", post(rollback_restore_db))
         .with_state(sup);
     axum::serve(listener, app).await?;
     Ok(())
@@ -78,9 +79,14 @@ async fn deploy(
     Json(req): Json<DeployRequest>,
 ) -> (StatusCode, Json<Value>) {
     reply(
-        sup.deploy(&req.service, &req.image, req.backup)
-            .await
-            .map(|r| json!(r)),
+        sup.deploy(
+            &req.service,
+            &req.image,
+            req.backup,
+            crate::deploy::Turn::Refuse,
+        )
+        .await
+        .map(|r| json!(r)),
     )
 }
 
@@ -88,7 +94,14 @@ async fn rollback(
     State(sup): State<Arc<Supervisor>>,
     UrlPath(service): UrlPath<String>,
 ) -> (StatusCode, Json<Value>) {
-    reply(sup.rollback(&service).await.map(|r| json!(r)))
+    reply(sup.rollback(&service, false).await.map(|r| json!(r)))
+}
+
+async fn rollback_restore_db(
+    State(sup): State<Arc<Supervisor>>,
+    UrlPath(service): UrlPath<String>,
+) -> (StatusCode, Json<Value>) {
+    reply(sup.rollback(&service, true).await.map(|r| json!(r)))
 }
 
 /// Asks the daemon. `None` when no daemon answers on the socket (work directly then).

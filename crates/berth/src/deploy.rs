@@ -24,12 +24,22 @@ use crate::supervisor::{Supervisor, short};
 
 /// Suffix of the stopped container kept as the instant rollback target.
 pub const PREVIOUS: &str = ".previous";
+/// Suffix of the older rollback target while a deploy runs (`.previous-old`).
+const PARKED: &str = "-old";
+/// Suffix of a start-first deploy's new container until the old one is stopped.
+pub const NEXT: &str = ".next";
+/// Suffix of the current container while `berth rollback` brings the previous one back.
+pub const ROLLING_BACK: &str = ".rolling-back";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Override {
     pub image: String,
     /// The file's `image` when the deploy happened: when the file changes it, the file wins.
     pub file_image: String,
+    /// A reload changed the file's image and its deploy has not finished: the old image
+    /// stays in force until the deploy succeeds (resumed after a restart of berth).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -40,6 +50,10 @@ pub struct Record {
     pub at: String,
     pub outcome: String,
     pub duration_ms: u64,
+    /// How long the service had no running container: old stopped → new healthy (or, on
+    /// failure, the old one healthy again). None when the old one never stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interruption_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -48,6 +62,10 @@ pub struct Record {
 pub struct DeployState {
     pub overrides: BTreeMap<String, Override>,
     pub history: Vec<Record>,
+    /// The deploy under way, written before the first container changes: found here at
+    /// start-up, it was interrupted (berth killed) and is recorded as such.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<Record>,
 }
 
 impl DeployState {
@@ -106,6 +124,15 @@ fn service_config(cfg: &Config, service: &str) -> anyhow::Result<berth_config::S
         .with_context(|| format!("no service {service:?} in the config"))
 }
 
+/// Whether a deploy that finds another one running is refused or waits its turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// `berth deploy`: a person asked; tell them at once.
+    Refuse,
+    /// A reload changed the image: it runs after whatever deploy is under way.
+    Wait,
+}
+
 impl Supervisor {
     /// `berth deploy SERVICE IMAGE`: Ok when the new image runs healthy; Err when the
     /// deploy was refused, aborted (old version untouched) or rolled back (with why).
@@ -114,42 +141,54 @@ impl Supervisor {
         service: &str,
         image: &str,
         backup: bool,
+        turn: Turn,
     ) -> anyhow::Result<Record> {
-        let Ok(_one) = self.deploy_lock.try_lock() else {
-            bail!("another deploy is running: wait for it to finish");
+        let _one = match turn {
+            Turn::Refuse => match self.deploy_lock.try_lock() {
+                Ok(g) => g,
+                Err(_) => bail!("another deploy is running: wait for it to finish"),
+            },
+            Turn::Wait => self.deploy_lock.lock().await,
         };
         // A deploy waits for a running backup, and no backup starts during it.
-        let _backups = self.backup_lock.lock().await;
+        let _backups = match self.backup_lock.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                info!(service, "deploy waits for the running backup to finish");
+                self.backup_lock.lock().await
+            }
+        };
         let started = Instant::now();
         let cfg = self.config();
         let svc = service_config(&cfg, service)?;
-        let previous_image = svc.image.clone();
-        if !self.engine.image_exists(image).await? {
-            bail!(
-                "image {image} is not on this host (no registry to pull from): load it with `docker load` first"
-            );
-        }
-        if backup && cfg.backup.is_some() {
-            let meta = crate::backup::take(self.engine.as_ref(), &cfg)
-                .await
-                .context("pre-deploy backup failed; nothing was changed")?;
-            info!(backup = %meta.id, "pre-deploy backup");
-            self.refresh_backups(&cfg, None);
-        }
-        let mut new_svc = svc.clone();
-        new_svc.image = image.to_string();
-        if let Some(cmd) = &svc.deploy.migrate {
-            self.migrate(&cfg, &new_svc, cmd).await?;
+        let record =
+            |outcome: &str, interruption: Option<Duration>, reason: Option<String>| Record {
+                service: service.to_string(),
+                image: image.to_string(),
+                previous_image: svc.image.clone(),
+                at: crate::state::fmt_time(SystemTime::now()),
+                outcome: outcome.to_string(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                interruption_ms: interruption.map(|d| d.as_millis() as u64),
+                reason,
+            };
+        // Until a container changes, a failure leaves everything as it was.
+        if let Err(e) = self.prepare(&cfg, &svc, image, backup).await {
+            self.record_deploy(record("aborted", None, Some(format!("{e:#}"))))?;
+            return Err(e);
         }
 
         // From here the service is held: the supervisor neither restarts nor recreates it.
         self.hold(service, true);
+        self.begin_deploy(record("in_flight", None, None))?;
+        let mut new_svc = svc.clone();
+        new_svc.image = image.to_string();
         let name = cfg.container_name(service);
         let previous_name = format!("{name}{PREVIOUS}");
         let old = self.current_container(service);
         // The rollback target of the last deploy is parked until this one succeeds, so a
         // failed deploy leaves `berth rollback` where it was.
-        let parked = format!("{previous_name}-old");
+        let parked = format!("{previous_name}{PARKED}");
         let _ = self.engine.remove_container(&parked, true).await;
         let had_previous = self
             .engine
@@ -157,10 +196,12 @@ impl Supervisor {
             .await
             .is_ok();
         let start_first = svc.deploy.strategy == Strategy::StartFirst;
+        // When the old container stopped: the service is interrupted from then on.
+        let mut stopped_at: Option<Instant> = None;
         let r = async {
             if start_first {
                 // Overlap allowed: the new container must be healthy before the old stops.
-                let next = format!("{name}.next");
+                let next = format!("{name}{NEXT}");
                 let _ = self.engine.remove_container(&next, true).await;
                 let mut spec = spec::container_spec(&cfg, &new_svc);
                 spec.name = next.clone();
@@ -196,13 +237,14 @@ impl Supervisor {
                 self.engine
                     .stop_container(old, svc.stop_grace_period)
                     .await?;
+                stopped_at = Some(Instant::now());
             }
             self.start_and_wait(&cfg, &new_svc, &new_id, svc.deploy.health_timeout)
                 .await?;
             anyhow::Ok(new_id)
         }
         .await;
-        let outcome = match r {
+        let (outcome, reason) = match r {
             Ok(new_id) => {
                 info!(service, image, container = %short(&new_id), "deployed");
                 if had_previous {
@@ -214,16 +256,28 @@ impl Supervisor {
             Err(e) => {
                 let reason = format!("{e:#}");
                 warn!(service, image, error = %reason, "deploy failed: rolling back");
-                match (&old, start_first) {
+                let back = match (&old, start_first) {
                     // The old container never stopped: only its health needs confirming.
                     (Some(old), true) => {
                         self.start_and_wait(&cfg, &svc, old, svc.deploy.health_timeout)
-                            .await?
+                            .await
                     }
                     _ => {
                         self.roll_back_to_previous(&cfg, &svc, &name, &previous_name)
-                            .await?
+                            .await
                     }
+                };
+                if let Err(back) = back {
+                    // Nothing healthy runs: leave the service to the supervisor's restarts.
+                    self.hold(service, false);
+                    self.request_reconcile();
+                    let reason = format!("{reason}; the rollback failed too: {back:#}");
+                    self.record_deploy(record(
+                        "failed",
+                        stopped_at.map(|t| t.elapsed()),
+                        Some(reason.clone()),
+                    ))?;
+                    bail!("{reason}");
                 }
                 if had_previous {
                     let _ = self.engine.rename_container(&parked, &previous_name).await;
@@ -231,22 +285,43 @@ impl Supervisor {
                 ("rolled_back", Some(reason))
             }
         };
+        let rec = record(outcome, stopped_at.map(|t| t.elapsed()), reason.clone());
         self.hold(service, false);
         self.request_reconcile();
-        let record = Record {
-            service: service.to_string(),
-            image: image.to_string(),
-            previous_image,
-            at: crate::state::fmt_time(SystemTime::now()),
-            outcome: outcome.0.to_string(),
-            duration_ms: started.elapsed().as_millis() as u64,
-            reason: outcome.1.clone(),
-        };
-        self.record_deploy(record.clone())?;
-        match outcome.1 {
-            None => Ok(record),
-            Some(reason) => bail!("rolled back to {}: {reason}", record.previous_image),
+        self.record_deploy(rec.clone())?;
+        match reason {
+            None => Ok(rec),
+            Some(reason) => bail!("rolled back to {}: {reason}", rec.previous_image),
         }
+    }
+
+    /// The steps before any container changes: image present, pre-deploy backup,
+    /// migration in a one-off container of the new image.
+    async fn prepare(
+        &self,
+        cfg: &Config,
+        svc: &berth_config::Service,
+        image: &str,
+        backup: bool,
+    ) -> anyhow::Result<()> {
+        if !self.engine.image_exists(image).await? {
+            bail!(
+                "image {image} is not on this host (no registry to pull from): load it with `docker load` first"
+            );
+        }
+        if backup && cfg.backup.is_some() {
+            let meta = crate::backup::take(self.engine.as_ref(), cfg)
+                .await
+                .context("pre-deploy backup failed; nothing was changed")?;
+            info!(backup = %meta.id, "pre-deploy backup");
+            self.refresh_backups(cfg, None);
+        }
+        if let Some(cmd) = &svc.deploy.migrate {
+            let mut new_svc = svc.clone();
+            new_svc.image = image.to_string();
+            self.migrate(cfg, &new_svc, cmd).await?;
+        }
+        Ok(())
     }
 
     /// Runs the migration command in a one-off container of the new image, on the stack
@@ -378,13 +453,27 @@ impl Supervisor {
 
     /// `berth rollback SERVICE`: back to the previous container (instant: it exists,
     /// stopped); the current one becomes the new previous.
-    pub async fn rollback(self: &Arc<Self>, service: &str) -> anyhow::Result<Record> {
+    /// With `restore_db`, the backup taken just before the current version was deployed
+    /// is restored while neither version runs.
+    pub async fn rollback(
+        self: &Arc<Self>,
+        service: &str,
+        restore_db: bool,
+    ) -> anyhow::Result<Record> {
         let Ok(_one) = self.deploy_lock.try_lock() else {
             bail!("a deploy is running: wait for it to finish");
         };
         let started = Instant::now();
         let cfg = self.config();
         let svc = service_config(&cfg, service)?;
+        let (pre_deploy, _backups) = if restore_db {
+            (
+                Some(self.pre_deploy_backup(&cfg, service)?),
+                Some(self.backup_lock.lock().await),
+            )
+        } else {
+            (None, None)
+        };
         let name = cfg.container_name(service);
         let previous_name = format!("{name}{PREVIOUS}");
         let previous = self
@@ -393,18 +482,40 @@ impl Supervisor {
             .await
             .with_context(|| format!("{service} has no previous version to roll back to"))?;
         let previous_image = previous.image.clone();
+        let record = |from: String, outcome: &str, interruption: Option<Duration>| Record {
+            service: service.to_string(),
+            image: previous_image.clone(),
+            previous_image: from,
+            at: crate::state::fmt_time(SystemTime::now()),
+            outcome: outcome.into(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            interruption_ms: interruption.map(|d| d.as_millis() as u64),
+            reason: Some(match &pre_deploy {
+                Some(m) => format!("berth rollback --restore-db (backup {})", m.id),
+                None => "berth rollback".into(),
+            }),
+        };
         self.hold(service, true);
+        self.begin_deploy(record(svc.image.clone(), "in_flight", None))?;
+        let mut stopped_at = None;
         let r = async {
             let current = self.engine.inspect_container(&name).await.ok();
-            let parked = format!("{name}.rolling-back");
+            let parked = format!("{name}{ROLLING_BACK}");
             if let Some(c) = &current {
                 self.expect_stop(&c.id);
                 self.engine
                     .stop_container(&c.id, svc.stop_grace_period)
                     .await?;
+                stopped_at = Some(Instant::now());
                 self.engine.rename_container(&c.id, &parked).await?;
             }
             self.engine.rename_container(&previous.id, &name).await?;
+            if let Some(meta) = &pre_deploy {
+                info!(service, backup = %meta.id, "restoring the pre-deploy backup");
+                crate::backup::restore_database(self.engine.as_ref(), &cfg, meta)
+                    .await
+                    .context("restoring the pre-deploy backup")?;
+            }
             let mut back = svc.clone();
             back.image = previous_image.clone();
             self.start_and_wait(&cfg, &back, &previous.id, svc.deploy.health_timeout)
@@ -417,18 +528,113 @@ impl Supervisor {
         .await;
         self.hold(service, false);
         self.request_reconcile();
-        let from = r?;
-        self.set_override(service, &previous_image)?;
-        let record = Record {
-            service: service.to_string(),
-            image: previous_image,
-            previous_image: from,
-            at: crate::state::fmt_time(SystemTime::now()),
-            outcome: "rolled_back".into(),
-            duration_ms: started.elapsed().as_millis() as u64,
-            reason: Some("berth rollback".into()),
+        let from = match r {
+            Ok(from) => from,
+            Err(e) => {
+                let rec = record(svc.image.clone(), "failed", stopped_at.map(|t| t.elapsed()));
+                self.record_deploy(Record {
+                    reason: Some(format!("berth rollback: {e:#}")),
+                    ..rec
+                })?;
+                return Err(e);
+            }
         };
-        self.record_deploy(record.clone())?;
-        Ok(record)
+        self.set_override(service, &previous_image)?;
+        let rec = record(from, "rolled_back", stopped_at.map(|t| t.elapsed()));
+        self.record_deploy(rec.clone())?;
+        Ok(rec)
+    }
+
+    /// The newest backup taken before the service's current version was deployed.
+    fn pre_deploy_backup(
+        &self,
+        cfg: &Config,
+        service: &str,
+    ) -> anyhow::Result<crate::backup::Meta> {
+        let b = cfg
+            .backup
+            .as_ref()
+            .context("--restore-db needs a [backup] section")?;
+        let image = service_config(cfg, service)?.image;
+        let deployed = self
+            .deploy_history()
+            .into_iter()
+            .rev()
+            .find(|r| r.service == service && r.outcome == "deployed" && r.image == image)
+            .with_context(|| {
+                format!("no deploy of {image} on record to find its pre-deploy backup: pick one with `berth backups` and `berth restore`")
+            })?;
+        crate::backup::list(&b.dir)?
+            .into_iter()
+            .rev()
+            .find(|m| m.created_at <= deployed.at && m.verified != Some(false))
+            .with_context(|| {
+                format!(
+                    "no backup older than the deploy of {image} ({})",
+                    deployed.at
+                )
+            })
+    }
+
+    /// Undoes what a deploy or rollback interrupted by berth's death left behind, before
+    /// the first convergence: at most one container per service runs, under the service's
+    /// name, and the rollback target is where the last finished deploy left it.
+    pub async fn recover_interrupted(&self) -> anyhow::Result<()> {
+        let Some(flight) = self.take_in_flight()? else {
+            return Ok(());
+        };
+        let cfg = self.config();
+        let service = &flight.service;
+        let name = cfg.container_name(service);
+        let all = self
+            .engine
+            .containers(berth_plan::LABEL_PROJECT, &cfg.supervisor.project)
+            .await?;
+        let find = |suffix: &str| {
+            let n = format!("{name}{suffix}");
+            all.iter().find(|c| c.name == n).map(|c| c.id.clone())
+        };
+        let previous = format!("{name}{PREVIOUS}");
+        let done = cfg
+            .services
+            .get(service)
+            .is_some_and(|s| s.image == flight.image);
+        warn!(service, image = %flight.image, "berth stopped during a deploy: undoing it");
+        let _ = self
+            .engine
+            .remove_container(&format!("{name}-migrate"), true)
+            .await;
+        if let Some(next) = find(NEXT) {
+            self.expect_stop(&next);
+            self.engine.remove_container(&next, true).await?;
+        }
+        if let Some(rolling) = find(ROLLING_BACK) {
+            // `berth rollback` had parked the current container: it stays current.
+            if let Some(main) = find("") {
+                self.expect_stop(&main);
+                self.engine.stop_container(&main, Duration::ZERO).await?;
+                self.engine.rename_container(&main, &previous).await?;
+            }
+            self.engine.rename_container(&rolling, &name).await?;
+        } else if !done && let Some(prev) = find(PREVIOUS) {
+            // The old container comes back under its name; the new one (if created) goes.
+            if let Some(main) = find("") {
+                self.expect_stop(&main);
+                self.engine.remove_container(&main, true).await?;
+            }
+            self.engine.rename_container(&prev, &name).await?;
+            if let Some(parked) = find(&format!("{PREVIOUS}{PARKED}")) {
+                self.engine.rename_container(&parked, &previous).await?;
+            }
+        } else if find(PREVIOUS).is_none()
+            && let Some(parked) = find(&format!("{PREVIOUS}{PARKED}"))
+        {
+            self.engine.rename_container(&parked, &previous).await?;
+        }
+        self.record_deploy(Record {
+            outcome: "interrupted".into(),
+            reason: Some("berth stopped during the deploy; undone at start-up".into()),
+            ..flight
+        })
     }
 }

@@ -110,6 +110,9 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
         service: String,
+        /// Also restore the backup taken just before the current version was deployed
+        #[arg(long)]
+        restore_db: bool,
     },
     /// Show a service's container logs
     Logs {
@@ -189,24 +192,30 @@ fn main() -> ExitCode {
                         "deploys go through the running daemon: start it (systemctl start berth)",
                     )??;
             println!(
-                "deployed {} {} (previous {}) in {} ms",
+                "deployed {} {} (previous {}) in {} ms{}",
                 r["service"].as_str().unwrap_or("?"),
                 r["image"].as_str().unwrap_or("?"),
                 r["previous_image"].as_str().unwrap_or("?"),
-                r["duration_ms"]
+                r["duration_ms"],
+                interruption(&r)
             );
             Ok(())
         }),
-        Command::Rollback { config, service } => with_config(&config, |cfg| async move {
-            let r = admin::request(
-                &cfg.supervisor.admin_socket,
-                "POST",
-                &format!("/rollback/{service}"),
-            )
-            .await
-            .context(
-                "rollbacks go through the running daemon: start it (systemctl start berth)",
-            )??;
+        Command::Rollback {
+            config,
+            service,
+            restore_db,
+        } => with_config(&config, |cfg| async move {
+            let path = if restore_db {
+                format!("/rollback/{service}/restore-db")
+            } else {
+                format!("/rollback/{service}")
+            };
+            let r = admin::request(&cfg.supervisor.admin_socket, "POST", &path)
+                .await
+                .context(
+                    "rollbacks go through the running daemon: start it (systemctl start berth)",
+                )??;
             println!("{} back on {}", service, r["image"].as_str().unwrap_or("?"));
             Ok(())
         }),
@@ -527,14 +536,26 @@ fn status_table(body: &serde_json::Value) -> String {
     for (svc, d) in body["deploy"].as_object().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "deploy: {svc} {} (previous {}) at {}: {}",
+            "deploy: {svc} {} (previous {}) at {}: {}{}",
             d["image"].as_str().unwrap_or("?"),
             d["previous_image"].as_str().unwrap_or("-"),
             d["at"].as_str().unwrap_or("?"),
-            d["outcome"].as_str().unwrap_or("?")
+            d["outcome"].as_str().unwrap_or("?"),
+            interruption(d)
         );
+        if let Some(reason) = d["reason"].as_str() {
+            let _ = writeln!(out, "  reason: {reason}");
+        }
     }
     out
+}
+
+/// ", service interrupted N ms" when the deploy record knows it.
+fn interruption(record: &serde_json::Value) -> String {
+    record["interruption_ms"]
+        .as_u64()
+        .map(|ms| format!(", service interrupted {ms} ms"))
+        .unwrap_or_default()
 }
 
 /// What the engine alone can tell when the daemon does not answer.

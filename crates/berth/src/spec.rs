@@ -78,8 +78,8 @@ pub async fn observe(
         // A deploy's rollback target (and one mid-rollback) is not the service's container.
         .filter(|c| {
             !c.name.contains(crate::deploy::PREVIOUS)
-                && !c.name.ends_with(".rolling-back")
-                && !c.name.ends_with(".next")
+                && !c.name.ends_with(crate::deploy::ROLLING_BACK)
+                && !c.name.ends_with(crate::deploy::NEXT)
         })
         .filter_map(|c| {
             Some(ObservedContainer {

@@ -131,6 +131,7 @@ impl Supervisor {
                 crate::deploy::Override {
                     image: image.to_string(),
                     file_image,
+                    pending: false,
                 },
             );
             d.save(&file.supervisor.state_dir)?;
@@ -152,6 +153,7 @@ impl Supervisor {
                 .lock()
                 .map_err(|_| anyhow::anyhow!("deploy state poisoned"))?;
             d.history.push(record);
+            d.in_flight = None;
             let n = d.history.len();
             if n > 100 {
                 d.history.drain(..n - 100);
@@ -161,6 +163,76 @@ impl Supervisor {
         };
         self.update(|s| s.deploy = latest);
         Ok(())
+    }
+
+    /// Notes the deploy under way on disk before its first container changes.
+    pub(crate) fn begin_deploy(&self, record: crate::deploy::Record) -> anyhow::Result<()> {
+        let state_dir = self.config().supervisor.state_dir.clone();
+        let mut d = self
+            .deploys
+            .lock()
+            .map_err(|_| anyhow::anyhow!("deploy state poisoned"))?;
+        d.in_flight = Some(record);
+        d.save(&state_dir)
+    }
+
+    pub(crate) fn deploy_history(&self) -> Vec<crate::deploy::Record> {
+        self.deploys
+            .lock()
+            .map(|d| d.history.clone())
+            .unwrap_or_default()
+    }
+
+    /// The deploy a previous berth left unfinished, if any.
+    pub(crate) fn take_in_flight(&self) -> anyhow::Result<Option<crate::deploy::Record>> {
+        let d = self
+            .deploys
+            .lock()
+            .map_err(|_| anyhow::anyhow!("deploy state poisoned"))?;
+        Ok(d.in_flight.clone())
+    }
+
+    /// Deploys the images a reload changed (or a previous berth left pending), one after
+    /// the other, each through the full deploy flow. A failed one keeps the old image in
+    /// force until the file names another.
+    pub fn deploy_pending(self: &Arc<Self>) {
+        let pending: Vec<(String, String)> = match self.deploys.lock() {
+            Ok(d) => d
+                .overrides
+                .iter()
+                .filter(|(_, o)| o.pending)
+                .map(|(s, o)| (s.clone(), o.file_image.clone()))
+                .collect(),
+            Err(_) => return,
+        };
+        for (service, image) in pending {
+            let sup = self.clone();
+            tokio::spawn(async move {
+                info!(service, image, "the config changed the image: deploying it");
+                let r = sup
+                    .deploy(&service, &image, true, crate::deploy::Turn::Wait)
+                    .await;
+                if let Err(e) = r {
+                    error!(service, image, error = %format!("{e:#}"), "deploy after reload failed");
+                    sup.settle_pending(&service, &image);
+                }
+            });
+        }
+    }
+
+    /// A reload's deploy failed: the old image stays, no longer pending.
+    fn settle_pending(&self, service: &str, file_image: &str) {
+        let state_dir = self.config().supervisor.state_dir.clone();
+        if let Ok(mut d) = self.deploys.lock()
+            && let Some(o) = d.overrides.get_mut(service)
+            && o.pending
+            && o.file_image == file_image
+        {
+            o.pending = false;
+            if let Err(e) = d.save(&state_dir) {
+                warn!(error = %format!("{e:#}"), "saving the deploy state");
+            }
+        }
     }
 
     pub(crate) fn hold(&self, service: &str, on: bool) {
@@ -186,13 +258,36 @@ impl Supervisor {
     }
 
     /// Swaps in a new, already validated config; the next convergence applies it.
-    /// Deployed images stay in place unless the file changed that service's image.
-    pub fn replace_config(&self, file: Config) {
+    /// Deployed images stay in place unless the file changed that service's image; such a
+    /// change goes through the deploy flow (migration, health gate, rollback), so until it
+    /// succeeds the running image stays in force.
+    pub fn replace_config(self: &Arc<Self>, file: Config) {
+        let running = self.config();
+        let old_file = self
+            .file_cfg
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
         let cfg = match self.deploys.lock() {
             Ok(mut d) => {
-                let (cfg, dropped) = d.apply(file.clone());
-                if dropped {
-                    let _ = d.save(&file.supervisor.state_dir);
+                for (name, svc) in &file.services {
+                    let (Some(was), Some(ran)) =
+                        (old_file.services.get(name), running.services.get(name))
+                    else {
+                        continue;
+                    };
+                    if svc.image != was.image && svc.image != ran.image {
+                        let pending = crate::deploy::Override {
+                            image: ran.image.clone(),
+                            file_image: svc.image.clone(),
+                            pending: true,
+                        };
+                        d.overrides.insert(name.clone(), pending);
+                    }
+                }
+                let (cfg, _) = d.apply(file.clone());
+                if let Err(e) = d.save(&file.supervisor.state_dir) {
+                    warn!(error = %format!("{e:#}"), "saving the deploy state");
                 }
                 cfg
             }
@@ -219,6 +314,7 @@ impl Supervisor {
             Err(p) => *p.into_inner() = Arc::new(cfg),
         }
         self.request_reconcile();
+        self.deploy_pending();
     }
 
     pub fn reload_failed(&self, error: String) {
@@ -228,7 +324,19 @@ impl Supervisor {
     /// Runs convergence whenever asked (events, reloads) and every [`RESYNC`].
     pub async fn converge_loop(self: Arc<Self>, first_done: tokio::sync::oneshot::Sender<()>) {
         let mut first = Some(first_done);
+        let mut recovered = false;
         loop {
+            if !recovered {
+                // Before anything starts: a deploy berth died in is undone first.
+                match self.recover_interrupted().await {
+                    Ok(()) => {
+                        recovered = true;
+                        // Image changes a reload asked for and berth never finished.
+                        self.deploy_pending();
+                    }
+                    Err(e) => error!(error = %format!("{e:#}"), "undoing an interrupted deploy"),
+                }
+            }
             if let Err(e) = self.converge().await {
                 error!(error = %format!("{e:#}"), "convergence failed");
             }

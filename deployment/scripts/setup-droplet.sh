@@ -8,12 +8,14 @@ set -euo pipefail
 usage() {
     cat <<'USAGE'
 usage: setup-droplet.sh [--dry-run] [--binary PATH] [--config PATH] [--token TOKEN]
+                        [--ssh-port PORT]
 
   --dry-run       print what would be done, change nothing
   --binary PATH   the berth binary to install (default: ./berth or target/release/berth)
   --config PATH   the berth.toml to install if /etc/berth/berth.toml does not exist
                   (default: config/berth.toml next to this script's repository)
   --token TOKEN   the Telegram bot token (asked for if missing and not already set)
+  --ssh-port PORT the one inbound port the firewall lets in (default: 22)
 USAGE
 }
 
@@ -23,6 +25,7 @@ dry_run=0
 binary=""
 config="$repo/config/berth.toml"
 token="${TELEGRAM_BOT_TOKEN:-}"
+ssh_port=22
 etc=/etc/berth
 
 while (($#)); do
@@ -31,6 +34,7 @@ while (($#)); do
         --binary) binary="$2"; shift ;;
         --config) config="$2"; shift ;;
         --token) token="$2"; shift ;;
+        --ssh-port) ssh_port="$2"; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -58,23 +62,37 @@ if [ -z "$binary" ]; then
 fi
 [ -n "$binary" ] || { echo "no berth binary found: build it (cargo build --release) or pass --binary" >&2; exit 1; }
 
-say "packages: Docker and ufw from the distribution"
-if ! command -v docker > /dev/null || ! command -v ufw > /dev/null; then
+# A Docker engine already answering on its socket (installed some other way) is kept.
+engine_answers() {
+    command -v curl > /dev/null \
+        && curl -fsS --max-time 5 --unix-socket /run/docker.sock -o /dev/null http://localhost/_ping 2> /dev/null
+}
+
+say "packages: Docker, ufw and curl from the distribution"
+need=()
+command -v curl > /dev/null || need+=(curl)
+command -v ufw > /dev/null || need+=(ufw)
+engine_answers || command -v dockerd > /dev/null || need+=(docker.io)
+if ((${#need[@]})); then
     run apt-get update -qq
-    run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io ufw
+    run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 else
     echo "already installed"
 fi
-run systemctl enable --now docker
+if engine_answers; then
+    echo "the Docker engine answers"
+else
+    run systemctl enable --now docker
+fi
 
-say "firewall: deny incoming except SSH"
-if command -v ufw > /dev/null && ufw status 2> /dev/null | grep -q "Status: active" \
-    && ufw status | grep -qE '^(22|OpenSSH)'; then
+say "firewall: deny incoming except SSH ($ssh_port/tcp)"
+if ufw status 2> /dev/null | grep -q "Status: active" \
+    && ufw status | grep -qE "^$ssh_port/tcp +ALLOW"; then
     echo "already active"
 else
     run ufw default deny incoming
     run ufw default allow outgoing
-    run ufw allow OpenSSH
+    run ufw allow "$ssh_port/tcp"
     run ufw --force enable
 fi
 

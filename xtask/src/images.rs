@@ -10,12 +10,27 @@ use sha2::{Digest, Sha256};
 use crate::{cargo_build, root, run, target_dir};
 
 pub const BASE: &str = "berth-demo/base:bookworm";
+/// Debian with systemd as PID 1, for testing the unit and setup-droplet.sh.
+pub const SYSTEMD_BASE: &str = "berth-test/systemd-base:bookworm";
+pub const SYSTEMD: &str = "berth-test/systemd:bookworm";
 const RECIPE_LABEL: &str = "berth.recipe";
 
 pub fn build_all() -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let bins = cargo_build(&["demo-bot", "fake-telegram"])?;
-    let base_id = ensure_base()?;
+    let base_id = ensure_rootfs_image(
+        BASE,
+        "base.packages",
+        // Package caches, and the cluster Debian's postinst made (the postgres image makes
+        // its own in PGDATA).
+        &[
+            "var/cache/apt/archives",
+            "var/lib/apt/lists",
+            "var/lib/postgresql/15/main",
+            "etc/postgresql/15/main",
+        ],
+        "/bin/bash",
+    )?;
     let recipes = root().join("tests/images");
     let bot_migrations = |n: usize| -> anyhow::Result<Vec<PathBuf>> {
         let mut all: Vec<PathBuf> = std::fs::read_dir(recipes.join("bot/migrations"))?
@@ -66,6 +81,20 @@ pub fn build_all() -> anyhow::Result<()> {
     }
     eprintln!("images ready in {:.1}s", t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The systemd image (only the deployment tests need it).
+pub fn build_systemd() -> anyhow::Result<()> {
+    let base_id = ensure_rootfs_image(
+        SYSTEMD_BASE,
+        "systemd.packages",
+        &["var/cache/apt/archives"],
+        "/sbin/init",
+    )?;
+    let dir = root().join("tests/images/systemd");
+    Image::new(SYSTEMD, dir.clone())
+        .file("docker.service", dir.join("docker.service"))
+        .ensure(&base_id)
 }
 
 fn bot_image(
@@ -230,8 +259,8 @@ fn image_id(tag: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn packages() -> anyhow::Result<Vec<String>> {
-    let path = root().join("tests/images/base.packages");
+fn packages(list: &str) -> anyhow::Result<Vec<String>> {
+    let path = root().join("tests/images").join(list);
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
     Ok(text
         .lines()
@@ -303,9 +332,9 @@ fn nix_is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-/// The base image: a minbase bookworm with the packages list, imported with `docker import`.
-fn ensure_base() -> anyhow::Result<String> {
-    let pkgs = packages()?;
+/// A minbase bookworm with the packages of `list`, imported with `docker import` as `tag`.
+fn ensure_rootfs_image(tag: &str, list: &str, slim: &[&str], cmd: &str) -> anyhow::Result<String> {
+    let pkgs = packages(list)?;
     let mut h = Sha256::new();
     h.update(b"debootstrap --variant=minbase bookworm\n");
     for p in &pkgs {
@@ -313,20 +342,20 @@ fn ensure_base() -> anyhow::Result<String> {
         h.update(b"\n");
     }
     let hash = hex(&h.finalize()[..12]);
-    if image_label(BASE)?.as_deref() == Some(hash.as_str()) {
-        eprintln!("{BASE}: cached");
-        return image_id(BASE);
+    if image_label(tag)?.as_deref() == Some(hash.as_str()) {
+        eprintln!("{tag}: cached");
+        return image_id(tag);
     }
     ensure_debootstrap()?;
     if !nix_is_root() {
-        bail!("building {BASE} needs root (debootstrap): run `sudo cargo xtask images`");
+        bail!("building {tag} needs root (debootstrap): run `sudo cargo xtask images`");
     }
     let rootfs = target_dir().join(format!("images/rootfs-{hash}"));
     let _ = std::fs::remove_dir_all(&rootfs);
     std::fs::create_dir_all(&rootfs)?;
     let mirror = mirror()?;
     eprintln!(
-        "{BASE}: debootstrap bookworm with {} (about a minute)",
+        "{tag}: debootstrap bookworm with {} (about a minute)",
         pkgs.join(", ")
     );
     let log = target_dir().join("images/debootstrap.log");
@@ -348,14 +377,7 @@ fn ensure_base() -> anyhow::Result<String> {
             log.display()
         );
     }
-    // Slim it: package caches, and the cluster Debian's postinst made (the postgres image
-    // makes its own in PGDATA).
-    for p in [
-        "var/cache/apt/archives",
-        "var/lib/apt/lists",
-        "var/lib/postgresql/15/main",
-        "etc/postgresql/15/main",
-    ] {
+    for p in slim {
         let _ = std::fs::remove_dir_all(rootfs.join(p));
     }
     let tar = Command::new("tar")
@@ -376,17 +398,17 @@ fn ensure_base() -> anyhow::Result<String> {
             "--change",
             "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "--change",
-            "CMD [\"/bin/bash\"]",
+            &format!("CMD [\"{cmd}\"]"),
             "-",
-            BASE,
+            tag,
         ])
         .stdin(stdout)
         .stdout(std::process::Stdio::null())
         .status()
         .context("running docker import")?;
     if !status.success() {
-        bail!("docker import of {BASE} failed");
+        bail!("docker import of {tag} failed");
     }
     let _ = std::fs::remove_dir_all(&rootfs);
-    image_id(BASE)
+    image_id(tag)
 }

@@ -18,7 +18,7 @@ use anyhow::{Context as _, bail};
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
-        Some("images") => images::build_all(),
+        Some("images") => images::build_all().and_then(|()| images::build_systemd()),
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
@@ -132,8 +132,10 @@ fn demo() -> anyhow::Result<()> {
 
 fn test(extra: &[String]) -> anyhow::Result<()> {
     images::build_all()?;
+    images::build_systemd()?;
     // Integration tests start the berth binary: build it first.
     cargo_build(&["berth"])?;
+    debian_package()?;
     let mut c = cargo();
     c.args(["test", "--workspace"]).args(extra);
     // Echo cargo's output and add up its per-binary results into one closing line.
@@ -159,6 +161,25 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         bail!("cargo test failed: {status}");
     }
     Ok(())
+}
+
+/// `target/debian/berth.deb`, built with cargo-deb (installed first if missing) for the
+/// packaging test.
+fn debian_package() -> anyhow::Result<()> {
+    let have = cargo()
+        .args(["deb", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        eprintln!("cargo-deb is missing: installing it (cargo install cargo-deb)");
+        run(cargo().args(["install", "--locked", "--quiet", "cargo-deb"]))?;
+    }
+    let out = target_dir().join("debian/berth.deb");
+    run(cargo()
+        .args(["deb", "--quiet", "-p", "berth", "--output"])
+        .arg(&out))
 }
 
 /// The number before `word` in a `test result:` line.

@@ -17,6 +17,7 @@ pub struct Config {
     /// Services by name, in name order.
     pub services: BTreeMap<String, Service>,
     pub backup: Option<Backup>,
+    pub alerts: Option<Alerts>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -425,4 +426,34 @@ impl Service {
         }
         out
     }
+}
+
+/// `[alerts]`: where berth tells a human that the stack needs one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alerts {
+    pub telegram: Option<TelegramAlert>,
+    pub webhook: Option<Webhook>,
+    /// A service down (not running, or failing its probe) this long is an incident.
+    pub down_after: Duration,
+    /// An incident that clears and comes back within this time sends no new message.
+    pub repeat_after: Duration,
+    /// At most this many messages an hour per channel; the rest are counted and summed up.
+    pub max_per_hour: u32,
+    /// Also announce successful deploys (failed ones always are).
+    pub deploy_succeeded: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelegramAlert {
+    pub chat_id: String,
+    /// Always from the env file (`${VAR}`): a token is a secret.
+    pub token: Value,
+    /// The Bot API's base URL (`https://api.telegram.org`; tests use a fake one).
+    pub api_base: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Webhook {
+    /// Webhook URLs often carry a secret (Slack, Discord): `${VAR}` is allowed and kept secret.
+    pub url: Value,
 }

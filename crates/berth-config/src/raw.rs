@@ -14,6 +14,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub services: BTreeMap<String, S<RawService>>,
     pub backup: Option<S<RawBackup>>,
+    pub alerts: Option<S<RawAlerts>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,4 +159,34 @@ pub struct RawKeep {
     pub daily: Option<u32>,
     pub weekly: Option<u32>,
     pub monthly: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawAlerts {
+    pub telegram: Option<S<RawTelegramAlert>>,
+    pub webhook: Option<S<RawWebhook>>,
+    pub down_after: Option<S<String>>,
+    pub repeat_after: Option<S<String>>,
+    pub max_per_hour: Option<S<u32>>,
+    pub deploy_succeeded: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawTelegramAlert {
+    pub chat_id: S<ChatId>,
+    pub token: Option<S<String>>,
+    pub api_base: Option<S<String>>,
+}
+
+/// Telegram chat ids are integers (negative for groups) or `@channelname`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ChatId {
+    Int(i64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawWebhook {
+    pub url: S<String>,
 }

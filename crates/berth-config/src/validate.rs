@@ -116,12 +116,14 @@ pub(crate) fn parse(
         .backup
         .as_ref()
         .and_then(|b| backup(&mut cx, path, b, &supervisor, &services));
+    let alerts = raw.alerts.as_ref().map(|a| alerts(&mut cx, a));
     if cx.errors.is_empty() {
         Ok(Config {
             path: path.to_path_buf(),
             supervisor,
             services,
             backup,
+            alerts,
         })
     } else {
         cx.errors.sort_by_key(|e| (e.file.clone(), e.line, e.col));
@@ -904,6 +906,109 @@ fn backup(
         user,
         redis,
     })
+}
+
+fn alerts(cx: &mut Ctx<'_>, raw: &S<RawAlerts>) -> Alerts {
+    let r = raw.get_ref();
+    if r.telegram.is_none() && r.webhook.is_none() {
+        cx.err(
+            &raw.span(),
+            "alerts: give telegram = { chat_id = ... } and/or webhook = { url = ... }",
+        );
+    }
+    let telegram = r.telegram.as_ref().map(|t| {
+        let t = t.get_ref();
+        let chat_id = match t.chat_id.get_ref() {
+            ChatId::Int(i) => i.to_string(),
+            ChatId::Text(s) => s.trim().to_string(),
+        };
+        if chat_id.is_empty() {
+            cx.err(&t.chat_id.span(), "alerts.telegram.chat_id: empty");
+        }
+        let token = match &t.token {
+            Some(tok) => {
+                let v = cx.value("alerts.telegram.token", tok);
+                if !v.secret {
+                    cx.err(
+                        &tok.span(),
+                        "alerts.telegram.token: a token is a secret; put it in the env file and write \"${ALERT_BOT_TOKEN}\"",
+                    );
+                }
+                v
+            }
+            // The bot's own token, when the env file has it.
+            None => match cx.var("TELEGRAM_BOT_TOKEN") {
+                Some(value) => Value {
+                    template: "${TELEGRAM_BOT_TOKEN}".into(),
+                    value,
+                    secret: true,
+                },
+                None => {
+                    if !cx.env_file_failed {
+                        cx.err(
+                            &raw.span(),
+                            "alerts.telegram.token: not given and TELEGRAM_BOT_TOKEN is not in the env file",
+                        );
+                    }
+                    Value::plain("")
+                }
+            },
+        };
+        let api_base = t
+            .api_base
+            .as_ref()
+            .map_or("https://api.telegram.org", |a| a.get_ref().as_str())
+            .trim_end_matches('/')
+            .to_string();
+        if let Some(a) = &t.api_base
+            && !is_http_url(&api_base)
+        {
+            cx.err(
+                &a.span(),
+                format!("alerts.telegram.api_base: {api_base:?} is not an http(s) URL"),
+            );
+        }
+        TelegramAlert {
+            chat_id,
+            token,
+            api_base,
+        }
+    });
+    let webhook = r.webhook.as_ref().map(|w| {
+        let url = cx.value("alerts.webhook.url", &w.get_ref().url);
+        if !is_http_url(&url.value) && !cx.env_file_failed {
+            cx.err(
+                &w.get_ref().url.span(),
+                "alerts.webhook.url: not an http(s) URL",
+            );
+        }
+        Webhook { url }
+    });
+    let max_per_hour = r.max_per_hour.as_ref().map_or(20, |m| {
+        if *m.get_ref() == 0 {
+            cx.err(&m.span(), "alerts.max_per_hour: must be at least 1");
+        }
+        *m.get_ref()
+    });
+    Alerts {
+        telegram,
+        webhook,
+        down_after: cx.duration("alerts.down_after", &r.down_after, Duration::from_secs(60)),
+        repeat_after: cx.duration(
+            "alerts.repeat_after",
+            &r.repeat_after,
+            Duration::from_secs(30 * 60),
+        ),
+        max_per_hour,
+        deploy_succeeded: r.deploy_succeeded.unwrap_or(false),
+    }
+}
+
+fn is_http_url(s: &str) -> bool {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
 }
 
 /// `HH:MM` daily, or a five-field cron expression (fields checked for shape here; the

@@ -1,6 +1,7 @@
 //! berth: a supervisor daemon and CLI for a bot stack on one Docker host.
 
 mod admin;
+mod alerts;
 mod backup;
 mod deploy;
 mod http;
@@ -47,6 +48,11 @@ struct ConfigArg {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Alerts: `berth alert test` sends a test message to every channel in [alerts]
+    Alert {
+        #[command(subcommand)]
+        action: AlertAction,
+    },
     /// Run the supervisor in the foreground (systemd runs this)
     Run {
         #[command(flatten)]
@@ -128,6 +134,15 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum AlertAction {
+    /// Send a test message to every alert channel; exit 1 if one fails
+    Test {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -165,6 +180,9 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 })
         }
+        Command::Alert {
+            action: AlertAction::Test { config },
+        } => with_config(&config, |cfg| async move { alert_test(cfg).await }),
         Command::Backup { config } => {
             with_config(&config, |cfg| async move { backup_cmd(cfg).await })
         }
@@ -256,6 +274,33 @@ where
         Ok(cfg) => exit(runtime().and_then(|rt| rt.block_on(f(cfg)))),
         Err(code) => code,
     }
+}
+
+async fn alert_test(cfg: Config) -> anyhow::Result<()> {
+    let a = cfg
+        .alerts
+        .as_ref()
+        .context("no [alerts] section in the config: add telegram = { chat_id = ... } or webhook = { url = ... }")?;
+    let http = alerts::http_client()?;
+    let secrets = alerts::secrets(&cfg);
+    let msg = alerts::test_message();
+    let mut failed = 0;
+    for (name, ch) in alerts::Channel::all(a) {
+        match ch
+            .send(&http, &msg, &cfg.supervisor.project, &secrets)
+            .await
+        {
+            Ok(()) => println!("{name}: sent"),
+            Err(e) => {
+                failed += 1;
+                println!("{name}: failed: {e:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} alert channel(s) failed; check the address and token in [alerts]");
+    }
+    Ok(())
 }
 
 async fn backup_cmd(cfg: Config) -> anyhow::Result<()> {
@@ -616,6 +661,14 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
     };
     let admin_listener = admin::bind(&cfg.supervisor.admin_socket).await?;
     let admin_path = cfg.supervisor.admin_socket.clone();
+    // Present while berth runs; found at start-up, the last berth did not stop cleanly.
+    let marker = cfg.supervisor.state_dir.join("running");
+    let unclean = marker.exists();
+    if unclean {
+        info!("the previous berth did not stop cleanly");
+    }
+    std::fs::write(&marker, std::process::id().to_string())
+        .with_context(|| format!("writing {}", marker.display()))?;
     let sup = Supervisor::new(engine, cfg);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut http_shutdown = shutdown_rx.clone();
@@ -629,6 +682,7 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         tokio::spawn(sup.clone().status_loop()),
         tokio::spawn(sup.clone().resources_loop()),
         tokio::spawn(sup.clone().backup_loop()),
+        tokio::spawn(alerts::run(sup.clone(), unclean)),
         tokio::spawn({
             let sup = sup.clone();
             async move {
@@ -683,6 +737,7 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
     let _ = std::fs::remove_file(&admin_path);
+    let _ = std::fs::remove_file(&marker);
     info!("stopped");
     Ok(())
 }

@@ -38,6 +38,8 @@ pub struct ServiceStatus {
     pub image: String,
     pub container_id: Option<String>,
     pub restarts: u32,
+    /// Restarts because the health probe kept failing (a subset of `restarts`).
+    pub probe_restarts: u32,
     /// Times the engine killed the container for running out of memory.
     pub oom_kills: u32,
     pub crashloop: bool,
@@ -65,6 +67,7 @@ impl ServiceStatus {
             image: image.to_string(),
             container_id: None,
             restarts: 0,
+            probe_restarts: 0,
             oom_kills: 0,
             crashloop: false,
             since: None,
@@ -144,6 +147,8 @@ pub struct Snapshot {
     pub backup: BackupStatus,
     /// The latest deploy of each service.
     pub deploy: BTreeMap<String, crate::deploy::Record>,
+    /// Alert channels and how their deliveries go.
+    pub alerts: BTreeMap<String, crate::alerts::ChannelStatus>,
 }
 
 impl Snapshot {
@@ -160,6 +165,7 @@ impl Snapshot {
             resources: None,
             backup: BackupStatus::default(),
             deploy: BTreeMap::new(),
+            alerts: BTreeMap::new(),
         }
     }
 
@@ -256,6 +262,7 @@ impl Snapshot {
             "backup": backup,
             "resources": self.resources,
             "deploy": self.deploy,
+            "alerts": self.alerts,
         })
     }
 }

@@ -165,6 +165,23 @@ impl Supervisor {
         Ok(())
     }
 
+    pub(crate) fn update_alert_channel(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut crate::alerts::ChannelStatus),
+    ) {
+        self.snap
+            .send_modify(|s| f(s.alerts.entry(name.to_string()).or_default()));
+    }
+
+    pub(crate) fn clear_alert_channels(&self) {
+        self.snap.send_if_modified(|s| {
+            let had = !s.alerts.is_empty();
+            s.alerts.clear();
+            had
+        });
+    }
+
     /// Notes the deploy under way on disk before its first container changes.
     pub(crate) fn begin_deploy(&self, record: crate::deploy::Record) -> anyhow::Result<()> {
         let state_dir = self.config().supervisor.state_dir.clone();
@@ -727,6 +744,7 @@ impl Supervisor {
                 failures = 0;
                 // A hung service is restarted at once: it did not crash-loop.
                 self.record_restart(&service, svc.restart.reset_after, svc);
+                self.update_service(&service, |s| s.probe_restarts += 1);
                 self.expect_stop(&id);
                 if let Err(e) = self.engine.stop_container(&id, svc.stop_grace_period).await {
                     warn!(service = %service, error = %e, "stopping unhealthy container");

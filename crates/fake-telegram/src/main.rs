@@ -126,7 +126,7 @@ async fn api(
             let pending = app.lock().updates.len();
             ok(json!({"url": "", "has_custom_certificate": false, "pending_update_count": pending}))
         }
-        "sendmessage" => send_message(&app, &p),
+        "sendmessage" => send_message(&app, &p, short(token)),
         "getupdates" => get_updates(&app, &p, format!("{}/{}", peer.ip(), short(token))).await,
         _ => fail(StatusCode::NOT_FOUND, "Not Found: method not found"),
     }
@@ -137,7 +137,7 @@ fn short(token: &str) -> &str {
     token.split(':').next().unwrap_or("")
 }
 
-fn send_message(app: &App, p: &HashMap<String, Value>) -> Response {
+fn send_message(app: &App, p: &HashMap<String, Value>, bot: &str) -> Response {
     let Some(chat_id) = int(p, "chat_id") else {
         return fail(StatusCode::BAD_REQUEST, "Bad Request: chat_id is empty");
     };
@@ -160,7 +160,8 @@ fn send_message(app: &App, p: &HashMap<String, Value>) -> Response {
         "date": now_s(),
         "text": text,
     });
-    g.sent.push(json!({"chat_id": chat_id, "text": text}));
+    g.sent
+        .push(json!({"chat_id": chat_id, "text": text, "bot": bot}));
     ok(msg)
 }
 

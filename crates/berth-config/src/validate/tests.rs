@@ -432,3 +432,73 @@ mod fuzz {
         }
     }
 }
+
+fn alert_vars(k: &str) -> Option<String> {
+    match k {
+        "PG_PASS" => Some("hunter2".into()),
+        "TELEGRAM_BOT_TOKEN" => Some("123:bot-token".into()),
+        "HOOK" => Some("https://hooks.example/T0/secret".into()),
+        _ => None,
+    }
+}
+
+fn parse_alerts(section: &str) -> Result<Config, Vec<String>> {
+    let src = format!("{GOOD}\n[alerts]\n{section}\n");
+    parse(Path::new("b.toml"), &src, &alert_vars, false)
+        .map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+}
+
+#[test]
+fn alerts_default_to_the_bots_token_and_keep_secrets_secret() {
+    let cfg = parse_alerts(
+        "telegram = { chat_id = -100123 }\nwebhook = { url = \"${HOOK}\" }\ndown_after = \"30s\"",
+    )
+    .expect("valid");
+    let debug = format!("{:?}", cfg.alerts);
+    assert!(
+        !debug.contains("bot-token") && !debug.contains("secret"),
+        "{debug}"
+    );
+    let a = cfg.alerts.expect("alerts");
+    let t = a.telegram.expect("telegram");
+    assert_eq!(t.chat_id, "-100123");
+    assert_eq!(t.token.value, "123:bot-token");
+    assert!(t.token.secret);
+    assert_eq!(t.api_base, "https://api.telegram.org");
+    let w = a.webhook.expect("webhook");
+    assert!(w.url.secret);
+    assert_eq!(a.down_after, Duration::from_secs(30));
+    assert_eq!(a.max_per_hour, 20);
+    assert!(!a.deploy_succeeded);
+}
+
+#[test]
+fn alert_mistakes_are_reported_with_location() {
+    let e = parse_alerts(
+        "telegram = { chat_id = \"\", token = \"123:literal\", api_base = \"ftp://x\" }\nwebhook = { url = \"not a url\" }\nmax_per_hour = 0",
+    )
+    .expect_err("invalid");
+    let all = e.join("\n");
+    for want in [
+        "alerts.telegram.chat_id: empty",
+        "alerts.telegram.token: a token is a secret",
+        "alerts.telegram.api_base: \"ftp://x\" is not an http(s) URL",
+        "alerts.webhook.url: not an http(s) URL",
+        "alerts.max_per_hour: must be at least 1",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+    assert!(e.iter().all(|l| l.starts_with("b.toml:")), "{all}");
+    assert!(
+        !all.contains("123:literal"),
+        "the token is not echoed: {all}"
+    );
+
+    let e = parse_alerts("telegram = { chat_id = 1, colour = \"red\" }").expect_err("unknown key");
+    assert!(
+        e[0].contains("unknown key `alerts.telegram.colour`"),
+        "{e:?}"
+    );
+    let e = parse_alerts("down_after = \"1m\"").expect_err("no channel");
+    assert!(e[0].contains("give telegram"), "{e:?}");
+}

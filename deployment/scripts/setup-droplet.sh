@@ -132,6 +132,21 @@ if [ -x /usr/bin/berth ] && cmp -s "$binary" /usr/bin/berth; then
 else
     run install -m 0755 "$binary" /usr/bin/berth
 fi
+# Shell completions and the man page, from the binary's own CLI definition.
+install_generated() { # DEST COMMAND...
+    local dest=$1 tmp
+    shift
+    tmp=$(mktemp)
+    "$binary" "$@" > "$tmp"
+    if cmp -s "$tmp" "$dest"; then
+        rm -f "$tmp"
+    else
+        run install -D -m 0644 "$tmp" "$dest"
+        rm -f "$tmp"
+    fi
+}
+install_generated /usr/share/bash-completion/completions/berth completions bash
+install_generated /usr/local/share/man/man1/berth.1 man
 if cmp -s "$repo/systemd/berth.service" /etc/systemd/system/berth.service 2> /dev/null; then
     echo "unit is up to date"
 else

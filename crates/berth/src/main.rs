@@ -22,16 +22,24 @@ use std::time::Duration;
 use anyhow::Context as _;
 use berth_config::Config;
 use berth_engine::{DockerEngine, Engine};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 
 use crate::supervisor::Supervisor;
 
+/// `0.1.0 (git 1a2b3c4d5e)`.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("BERTH_GIT_REV"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "berth",
-    version,
+    version = VERSION,
     about = "Keeps a bot stack (PostgreSQL, Redis, bot) running on one Docker host"
 )]
 struct Cli {
@@ -53,6 +61,10 @@ enum Command {
         #[command(subcommand)]
         action: AlertAction,
     },
+    /// Print shell completions: berth completions bash > /etc/bash_completion.d/berth
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff): berth man > /usr/local/share/man/man1/berth.1
+    Man,
     /// Run the supervisor in the foreground (systemd runs this)
     Run {
         #[command(flatten)]
@@ -179,6 +191,16 @@ fn main() -> ExitCode {
                     eprintln!("error: {e:#}");
                     ExitCode::from(1)
                 })
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => exit(Err(e.into())),
+            }
         }
         Command::Alert {
             action: AlertAction::Test { config },
@@ -419,7 +441,8 @@ fn exit(r: anyhow::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // One line, whatever the error carries.
+            eprintln!("error: {}", format!("{e:#}").replace('\n', "; "));
             ExitCode::from(1)
         }
     }

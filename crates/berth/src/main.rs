@@ -433,6 +433,11 @@ async fn restore_cmd(cfg: Config, which: String, yes: bool) -> anyhow::Result<()
 fn load_or_exit(path: &std::path::Path) -> Result<Config, ExitCode> {
     berth_config::load(path).map_err(|errs| {
         eprintln!("{errs}");
+        if !path.exists() {
+            eprintln!("hint: pass the config with -c FILE or set BERTH_CONFIG");
+        } else {
+            eprintln!("hint: fix the lines above, then check with `berth check`");
+        }
         ExitCode::from(1)
     })
 }

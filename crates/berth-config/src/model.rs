@@ -78,8 +78,9 @@ impl std::fmt::Debug for Value {
 pub struct Service {
     pub name: String,
     pub image: String,
-    pub command: Option<Vec<String>>,
-    pub entrypoint: Option<Vec<String>>,
+    /// `${VAR}` works here as in `env` (and keeps the value secret).
+    pub command: Option<Vec<Value>>,
+    pub entrypoint: Option<Vec<Value>>,
     pub user: Option<String>,
     pub env: BTreeMap<String, Value>,
     pub volumes: Vec<VolumeMount>,
@@ -353,11 +354,14 @@ impl Service {
             let _ = writeln!(s, "{k}={v}");
         };
         field("image", self.image.clone());
+        // The values, formatted as the plain strings they were before `${VAR}` was allowed
+        // here, so that containers made by an older berth keep their hash.
+        let words = |v: &[Value]| format!("{:?}", v.iter().map(|w| &w.value).collect::<Vec<_>>());
         if let Some(c) = &self.command {
-            field("command", format!("{c:?}"));
+            field("command", words(c));
         }
         if let Some(e) = &self.entrypoint {
-            field("entrypoint", format!("{e:?}"));
+            field("entrypoint", words(e));
         }
         if let Some(u) = &self.user {
             field("user", u.clone());
@@ -410,6 +414,8 @@ impl Service {
         let mut out: Vec<&str> = self
             .env
             .values()
+            .chain(self.command.iter().flatten())
+            .chain(self.entrypoint.iter().flatten())
             .filter(|v| v.secret)
             .map(|v| v.value.as_str())
             .collect();

@@ -462,17 +462,17 @@ fn service(
         .deploy
         .as_ref()
         .map_or_else(Deploy::default, |d| deploy(cx, n, d));
+    let mut words = |k: &str, v: &Option<Vec<S<String>>>| {
+        v.as_ref()
+            .map(|c| c.iter().map(|w| cx.value(&key(k), w)).collect::<Vec<_>>())
+    };
+    let command = words("command", &r.command);
+    let entrypoint = words("entrypoint", &r.entrypoint);
     Some(Service {
         name: n.clone(),
         image: r.image.get_ref().clone(),
-        command: r
-            .command
-            .as_ref()
-            .map(|c| c.iter().map(|s| s.get_ref().clone()).collect()),
-        entrypoint: r
-            .entrypoint
-            .as_ref()
-            .map(|c| c.iter().map(|s| s.get_ref().clone()).collect()),
+        command,
+        entrypoint,
         user: r.user.as_ref().map(|u| u.get_ref().clone()),
         env,
         volumes,

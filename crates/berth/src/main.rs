@@ -61,6 +61,32 @@ enum Command {
         #[command(subcommand)]
         action: AlertAction,
     },
+    /// Turn a compose file into a berth config (values from the env file stay ${VAR})
+    ImportCompose {
+        /// The compose file (docker-compose.yml, compose.yaml, ...)
+        file: PathBuf,
+        /// Write the config here instead of to standard output
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// The env file with the compose file's variables [default: .env beside FILE]
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        /// Project name when the compose file has no `name:` [default: FILE's folder]
+        #[arg(long)]
+        project: Option<String>,
+        /// Overwrite --output if it exists
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write the config as a compose file or Kubernetes manifests (secrets as references)
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        format: ExportFormat,
+        /// Write here instead of to standard output
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Print shell completions: berth completions bash > /etc/bash_completion.d/berth
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff): berth man > /usr/local/share/man/man1/berth.1
@@ -146,6 +172,12 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Compose,
+    Kubernetes,
+}
+
 #[derive(Subcommand)]
 enum AlertAction {
     /// Send a test message to every alert channel; exit 1 if one fails
@@ -192,6 +224,27 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 })
         }
+        Command::ImportCompose {
+            file,
+            output,
+            env_file,
+            project,
+            force,
+        } => exit(import_compose(&file, output, env_file, project, force)),
+        Command::Export {
+            config,
+            format,
+            output,
+        } => match load_or_exit(&config.config) {
+            Ok(cfg) => {
+                let text = match format {
+                    ExportFormat::Compose => berth_compose::export::compose(&cfg),
+                    ExportFormat::Kubernetes => berth_compose::export::kubernetes(&cfg),
+                };
+                exit(write_out(output.as_deref(), &text, true))
+            }
+            Err(code) => code,
+        },
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
             ExitCode::SUCCESS
@@ -295,6 +348,73 @@ where
     match load_or_exit(&arg.config) {
         Ok(cfg) => exit(runtime().and_then(|rt| rt.block_on(f(cfg)))),
         Err(code) => code,
+    }
+}
+
+fn import_compose(
+    file: &std::path::Path,
+    output: Option<PathBuf>,
+    env_file: Option<PathBuf>,
+    project: Option<String>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let yaml = std::fs::read_to_string(file)
+        .with_context(|| format!("reading {}; give the compose file's path", file.display()))?;
+    let dir = std::path::absolute(file)?
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let env_path = match env_file {
+        Some(p) => Some(std::path::absolute(p)?),
+        None => Some(dir.join(".env")).filter(|p| p.exists()),
+    };
+    let env = match &env_path {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            berth_config::parse_env_file(p, &text)
+                .map_err(|errs| anyhow::anyhow!("{}", berth_config::ConfigErrors(errs)))?
+        }
+        None => Default::default(),
+    };
+    let project = project.unwrap_or_else(|| {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "berth".into())
+    });
+    let out = berth_compose::import(&berth_compose::Input {
+        yaml: &yaml,
+        dir: &dir,
+        env: &env,
+        env_file: env_path.as_deref(),
+        project: &project,
+    })
+    .with_context(|| format!("{}", file.display()))?;
+    for n in &out.notes {
+        eprintln!("note: {n}");
+    }
+    write_out(output.as_deref(), &out.toml, force)?;
+    if let Some(o) = &output {
+        eprintln!(
+            "wrote {}: check it with `berth check -c {}`",
+            o.display(),
+            o.display()
+        );
+    }
+    Ok(())
+}
+
+/// Standard output, or a file (not over an existing one unless `force`).
+fn write_out(path: Option<&std::path::Path>, text: &str, force: bool) -> anyhow::Result<()> {
+    match path {
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+        Some(p) if p.exists() && !force => {
+            anyhow::bail!("{} exists: pass --force to overwrite it", p.display())
+        }
+        Some(p) => std::fs::write(p, text).with_context(|| format!("writing {}", p.display())),
     }
 }
 

@@ -30,8 +30,14 @@ pub fn container_spec(cfg: &Config, svc: &Service) -> ContainerSpec {
     ContainerSpec {
         name: cfg.container_name(&svc.name),
         image: svc.image.clone(),
-        cmd: svc.command.clone(),
-        entrypoint: svc.entrypoint.clone(),
+        cmd: svc
+            .command
+            .as_ref()
+            .map(|c| c.iter().map(|w| w.value.clone()).collect()),
+        entrypoint: svc
+            .entrypoint
+            .as_ref()
+            .map(|c| c.iter().map(|w| w.value.clone()).collect()),
         user: svc.user.clone(),
         env: svc.env_list(),
         labels,

@@ -617,3 +617,106 @@ impl Webhook {
         self.bodies.lock().map(|b| b.clone()).unwrap_or_default()
     }
 }
+
+/// A local S3-compatible server (moto, from PyPI) on 127.0.0.1, stopped when dropped.
+pub struct S3Server {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl S3Server {
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Self {
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]'; .ci/run installs it)");
+        let s = S3Server {
+            port,
+            child: Some(child),
+        };
+        wait_for("moto_server", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        s
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Creates a bucket (moto takes unsigned requests).
+    pub fn create_bucket(&self, name: &str) {
+        let r = http_client()
+            .put(self.url(&format!("/{name}")))
+            .send()
+            .expect("create bucket");
+        assert!(r.status().is_success(), "create bucket: {}", r.status());
+    }
+
+    pub fn put(&self, path: &str, body: &[u8]) {
+        let r = http_client()
+            .put(self.url(path))
+            .body(body.to_vec())
+            .send()
+            .expect("put");
+        assert!(r.status().is_success(), "put {path}: {}", r.status());
+    }
+
+    /// An object, fetched with a request signed with the uploader's keys.
+    pub fn get_object(&self, bucket: &str, key: &str, access: &str, secret: &str) -> Vec<u8> {
+        use rusty_s3::S3Action as _;
+        let b = rusty_s3::Bucket::new(
+            self.url("/").parse().expect("url"),
+            rusty_s3::UrlStyle::Path,
+            bucket.to_string(),
+            "us-east-1",
+        )
+        .expect("bucket");
+        let creds = rusty_s3::Credentials::new(access, secret);
+        let url = b
+            .get_object(Some(&creds), key)
+            .sign(Duration::from_secs(60));
+        let r = http_client().get(url).send().expect("get object");
+        assert!(r.status().is_success(), "get {key}: {}", r.status());
+        r.bytes().map(|b| b.to_vec()).expect("body")
+    }
+
+    pub fn get(&self, path: &str) -> Vec<u8> {
+        http_client()
+            .get(self.url(path))
+            .send()
+            .and_then(|r| r.bytes())
+            .map(|b| b.to_vec())
+            .expect("get")
+    }
+
+    /// Object keys under `prefix` in `bucket`.
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let xml =
+            String::from_utf8_lossy(&self.get(&format!("/{bucket}?list-type=2&prefix={prefix}")))
+                .to_string();
+        xml.split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split("</Key>").next().map(str::to_string))
+            .collect()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -293,6 +293,26 @@ pub struct Backup {
     pub user: String,
     /// Redis service whose RDB file is copied next to each backup.
     pub redis: Option<String>,
+    /// S3-compatible storage each verified backup is copied to.
+    pub offsite: Option<Offsite>,
+}
+
+/// `[backup.offsite]`: DigitalOcean Spaces, AWS S3, MinIO...
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offsite {
+    /// `https://fra1.digitaloceanspaces.com`, `https://s3.eu-west-1.amazonaws.com`...
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    /// Key prefix inside the bucket (`berth/`); empty for the bucket's root.
+    pub prefix: String,
+    /// Both from the env file: keys are secrets.
+    pub access_key: Value,
+    pub secret_key: Value,
+    /// Its own retention (off-site copies usually go back further).
+    pub keep: Keep,
+    /// `bucket` in the path (MinIO and most S3-compatible stores) rather than the host name.
+    pub path_style: bool,
 }
 
 impl Config {

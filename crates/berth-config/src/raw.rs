@@ -137,6 +137,19 @@ pub struct RawBackup {
     pub database: Option<String>,
     pub user: Option<String>,
     pub redis: Option<S<RedisCopy>>,
+    pub offsite: Option<S<RawOffsite>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawOffsite {
+    pub endpoint: S<String>,
+    pub bucket: S<String>,
+    pub region: Option<String>,
+    pub prefix: Option<String>,
+    pub access_key: S<String>,
+    pub secret_key: S<String>,
+    pub keep: Option<RawKeep>,
+    pub path_style: Option<bool>,
 }
 
 /// `redis = true` (the service named "redis") or `redis = "SERVICE"`.

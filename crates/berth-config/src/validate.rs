@@ -880,6 +880,7 @@ fn backup(
         }
     });
     let keep = r.keep.as_ref();
+    let offsite = r.offsite.as_ref().map(|o| offsite(cx, o, keep));
     let user = r
         .user
         .clone()
@@ -905,7 +906,59 @@ fn backup(
             .unwrap_or_else(|| user.clone()),
         user,
         redis,
+        offsite,
     })
+}
+
+fn offsite(cx: &mut Ctx<'_>, raw: &S<RawOffsite>, local: Option<&RawKeep>) -> Offsite {
+    let r = raw.get_ref();
+    let endpoint = r.endpoint.get_ref().trim_end_matches('/').to_string();
+    if !is_http_url(&endpoint) {
+        cx.err(
+            &r.endpoint.span(),
+            format!("backup.offsite.endpoint: {endpoint:?} is not an http(s) URL"),
+        );
+    }
+    let bucket = r.bucket.get_ref().clone();
+    if bucket.is_empty() || bucket.contains('/') {
+        cx.err(
+            &r.bucket.span(),
+            "backup.offsite.bucket: a bucket name, without slashes",
+        );
+    }
+    let mut key = |name: &str, v: &S<String>| {
+        let k = format!("backup.offsite.{name}");
+        let value = cx.value(&k, v);
+        if !value.secret {
+            cx.err(
+                &v.span(),
+                format!("{k}: a key is a secret; put it in the env file and write \"${{VAR}}\""),
+            );
+        }
+        value
+    };
+    let access_key = key("access_key", &r.access_key);
+    let secret_key = key("secret_key", &r.secret_key);
+    let mut prefix = r.prefix.clone().unwrap_or_default();
+    if !prefix.is_empty() && !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    // Off-site keeps what the local folder keeps unless told otherwise.
+    let k = r.keep.as_ref().or(local);
+    Offsite {
+        endpoint,
+        bucket,
+        region: r.region.clone().unwrap_or_else(|| "us-east-1".into()),
+        prefix: prefix.trim_start_matches('/').to_string(),
+        access_key,
+        secret_key,
+        keep: Keep {
+            daily: k.and_then(|k| k.daily).unwrap_or(7),
+            weekly: k.and_then(|k| k.weekly).unwrap_or(4),
+            monthly: k.and_then(|k| k.monthly).unwrap_or(6),
+        },
+        path_style: r.path_style.unwrap_or(true),
+    }
 }
 
 fn alerts(cx: &mut Ctx<'_>, raw: &S<RawAlerts>) -> Alerts {

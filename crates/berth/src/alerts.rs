@@ -499,6 +499,29 @@ impl Tracker {
                 resolved: "backups work again".into(),
             });
         }
+        if let Some(e) = snap
+            .backup
+            .offsite
+            .as_ref()
+            .and_then(|o| o.last_error.as_ref())
+        {
+            out.insert(
+                "offsite".into(),
+                Condition {
+                    firing: Message::new(
+                        "offsite",
+                        "offsite_failed",
+                        None,
+                        Status::Firing,
+                        "copying backups off-site failed".into(),
+                    )
+                    .line(format!("What happened: {e}"))
+                    .line("What berth did: kept the local backups; it retries with backoff.")
+                    .line("Look further: berth status; journalctl -u berth -n 50"),
+                    resolved: "off-site copies work again".into(),
+                },
+            );
+        }
         if let Some(period) = self.rules.backup_period {
             let limit = period.mul_f64(1.5);
             let age = snap
@@ -600,6 +623,10 @@ pub fn secrets(cfg: &Config) -> Vec<String> {
         .flat_map(|s| s.secrets())
         .map(str::to_string)
         .collect();
+    if let Some(o) = cfg.backup.as_ref().and_then(|b| b.offsite.as_ref()) {
+        out.push(o.access_key.value.clone());
+        out.push(o.secret_key.value.clone());
+    }
     if let Some(a) = &cfg.alerts {
         if let Some(t) = &a.telegram {
             out.push(t.token.value.clone());

@@ -8,6 +8,7 @@ mod http;
 mod logging;
 mod metrics;
 mod notify;
+mod offsite;
 mod probe;
 mod resources;
 mod spec;
@@ -831,6 +832,7 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         tokio::spawn(sup.clone().resources_loop()),
         tokio::spawn(sup.clone().backup_loop()),
         tokio::spawn(alerts::run(sup.clone(), unclean)),
+        tokio::spawn(sup.clone().offsite_loop()),
         tokio::spawn({
             let sup = sup.clone();
             async move {

@@ -132,6 +132,9 @@ pub struct BackupStatus {
     pub count: u64,
     #[serde(skip)]
     pub last_size_bytes: Option<u64>,
+    /// Copies in S3-compatible storage, when `[backup.offsite]` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offsite: Option<crate::offsite::OffsiteStatus>,
 }
 
 /// Disk use above this makes the status `degraded`.
@@ -275,7 +278,10 @@ fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error
     s.serialize_str(&fmt_time(*t))
 }
 
-fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn rfc3339_opt<S: serde::Serializer>(
+    t: &Option<SystemTime>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match t {
         Some(t) => rfc3339(t, s),
         None => s.serialize_none(),

@@ -55,6 +55,8 @@ pub struct Supervisor {
     held: Mutex<Held>,
     /// One backup or restore at a time.
     pub(crate) backup_lock: tokio::sync::Mutex<()>,
+    /// Wakes the off-site copier after a new backup.
+    offsite_wake: Notify,
 }
 
 impl Supervisor {
@@ -83,6 +85,7 @@ impl Supervisor {
             reconcile: Notify::new(),
             held: Mutex::new(Held::new()),
             backup_lock: tokio::sync::Mutex::new(()),
+            offsite_wake: Notify::new(),
         })
     }
 
@@ -991,12 +994,16 @@ impl Supervisor {
         let all = crate::backup::list(&b.dir).unwrap_or_default();
         let last_ok = all.iter().rev().find(|m| m.verified != Some(false));
         let (at, size) = (last_ok.and_then(|m| m.created()), last_ok.map(|m| m.size));
+        let ok = error.is_none();
         self.update(|s| {
             s.backup.count = all.len() as u64;
             s.backup.last_ok_at = at;
             s.backup.last_size_bytes = size;
             s.backup.last_error = error;
         });
+        if ok {
+            self.offsite_wake.notify_one();
+        }
     }
 
     /// Services that depend on `service`, directly or not, dependants first.
@@ -1112,6 +1119,60 @@ impl Supervisor {
             debug!(next = %next, "next scheduled backup");
             tokio::time::sleep(wait).await;
             let _ = self.backup_now().await;
+        }
+    }
+
+    /// Copies backups off-site (`[backup.offsite]`) after each new one and every hour;
+    /// a failure is reported in `/health` and retried with backoff (2 s doubling to 10 min).
+    /// Local backups never wait for it.
+    pub async fn offsite_loop(self: Arc<Self>) {
+        let mut backoff = Duration::from_secs(2);
+        loop {
+            let cfg = self.config();
+            let target = cfg
+                .backup
+                .as_ref()
+                .and_then(|b| Some((b.dir.clone(), b.offsite.clone()?)));
+            let Some((dir, o)) = target else {
+                self.update(|s| s.backup.offsite = None);
+                tokio::select! {
+                    _ = self.offsite_wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                }
+                continue;
+            };
+            let mut st = self
+                .snap
+                .borrow()
+                .backup
+                .offsite
+                .clone()
+                .unwrap_or_default();
+            let r = match crate::offsite::Store::new(&o) {
+                Ok(store) => store.sync(&dir, &mut st).await,
+                Err(e) => Err(e),
+            };
+            let wait = match r {
+                Ok(()) => {
+                    st.last_ok_at = Some(SystemTime::now());
+                    st.last_error = None;
+                    backoff = Duration::from_secs(2);
+                    Duration::from_secs(3600)
+                }
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    warn!(error = %e, retry_in = ?backoff, "off-site copy failed");
+                    st.last_error = Some(e);
+                    let w = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(600));
+                    w
+                }
+            };
+            self.update(|s| s.backup.offsite = Some(st));
+            tokio::select! {
+                _ = self.offsite_wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
         }
     }
 

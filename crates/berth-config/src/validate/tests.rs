@@ -502,3 +502,34 @@ fn alert_mistakes_are_reported_with_location() {
     let e = parse_alerts("down_after = \"1m\"").expect_err("no channel");
     assert!(e[0].contains("give telegram"), "{e:?}");
 }
+
+#[test]
+fn offsite_keys_must_come_from_the_env_file() {
+    let src = format!(
+        "{GOOD}\n[backup.offsite]\nendpoint = \"https://fra1.digitaloceanspaces.com/\"\nbucket = \"b\"\nprefix = \"tgtg\"\naccess_key = \"${{PG_PASS}}\"\nsecret_key = \"${{PG_PASS}}\"\n"
+    );
+    let cfg = parse_ok(&src);
+    let o = cfg.backup.and_then(|b| b.offsite).expect("offsite");
+    assert_eq!(o.endpoint, "https://fra1.digitaloceanspaces.com");
+    assert_eq!(o.prefix, "tgtg/");
+    assert!(o.access_key.secret && o.path_style);
+    assert_eq!(
+        (o.keep.daily, o.keep.weekly, o.keep.monthly),
+        (7, 4, 6),
+        "the local keep"
+    );
+
+    let bad = src
+        .replace(
+            "access_key = \"${PG_PASS}\"",
+            "access_key = \"AKIA-literal\"",
+        )
+        .replace("https://fra1", "ftp://fra1");
+    let e = errors(&bad).join("\n");
+    assert!(
+        e.contains("backup.offsite.access_key: a key is a secret"),
+        "{e}"
+    );
+    assert!(e.contains("backup.offsite.endpoint"), "{e}");
+    assert!(!e.contains("AKIA-literal"), "{e}");
+}

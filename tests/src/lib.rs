@@ -720,3 +720,58 @@ impl Drop for S3Server {
         self.stop();
     }
 }
+
+/// A local image registry (Debian's docker-registry) on 127.0.0.1, stopped when dropped.
+pub struct Registry {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
+        let port = free_port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .expect("registry config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (apt-get install docker-registry; .ci/run installs it)");
+        wait_for("the registry", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Registry {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// Pushes a local image to this registry as `127.0.0.1:PORT/NAME` and removes that
+    /// tag locally, so the engine has to pull it. Returns the reference.
+    pub fn push(&self, local: &str, name: &str) -> String {
+        let image = format!("127.0.0.1:{}/{name}", self.port);
+        docker(&["tag", local, &image]).expect("tag");
+        docker(&["push", &image]).expect("push");
+        docker(&["rmi", &image]).expect("rmi");
+        image
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -365,3 +365,39 @@ fn a_deploy_waits_for_a_running_backup_and_rollback_can_restore_the_database() {
     assert_eq!(stack.psql("SELECT v FROM marks"), "before");
     assert_eq!(running_bots(&stack), 1);
 }
+
+#[test]
+fn a_deploy_pulls_an_image_this_host_does_not_have() {
+    let registry = Registry::start();
+    let image = registry.push("berth-demo/bot:2", "bot:2");
+    assert!(
+        docker(&["image", "inspect", &image]).is_err(),
+        "not here yet"
+    );
+    let stack = Stack::new("pull");
+    stack.write_config(&config(&stack, "[\"demo-bot\", \"migrate\"]"));
+    let mut d = stack.start();
+    d.wait_healthy(UP);
+
+    let out = stack.berth(&["deploy", "bot", &image, "--no-backup"]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    let h = d.wait_healthy(UP);
+    assert_eq!(h["services"]["bot"]["image"], image.as_str());
+    assert!(d.logs().contains("pulled"), "{}", d.logs());
+
+    // Not in the registry either: a clear error, nothing changed.
+    let missing = format!("127.0.0.1:{}/bot:9", registry.port);
+    let out = stack.berth(&["deploy", "bot", &missing, "--no-backup"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out_text(&out).contains("pulling it failed"),
+        "{}",
+        out_text(&out)
+    );
+    let h = d.wait_healthy(UP);
+    assert_eq!(h["services"]["bot"]["image"], image.as_str());
+    assert_eq!(running_bots(&stack), 1);
+    drop(d);
+    drop(stack);
+    let _ = docker(&["rmi", &image]);
+}

@@ -13,9 +13,10 @@ use bollard::models::{
     NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
-    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptions, EventsOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use futures::stream::{BoxStream, StreamExt};
 
@@ -378,6 +379,20 @@ impl Engine for DockerEngine {
             }) => Ok(false),
             Err(e) => Err(err(format!("image {image}"))(e)),
         }
+    }
+
+    async fn pull_image(&self, image: &str) -> Result<()> {
+        let (from_image, tag) = crate::split_reference(image);
+        let opts = CreateImageOptions {
+            from_image: Some(from_image),
+            tag: (!tag.is_empty()).then_some(tag),
+            ..Default::default()
+        };
+        let mut progress = self.docker.create_image(Some(opts), None, None);
+        while let Some(step) = progress.next().await {
+            step.map_err(err(format!("pulling {image}")))?;
+        }
+        Ok(())
     }
 
     fn events(&self, label: &str, value: &str) -> BoxStream<'static, Result<Event>> {

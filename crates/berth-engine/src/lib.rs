@@ -159,6 +159,8 @@ pub trait Engine: Send + Sync + 'static {
     async fn rename_container(&self, id: &str, new_name: &str) -> Result<()>;
     async fn inspect_container(&self, id: &str) -> Result<ContainerDetails>;
     async fn image_exists(&self, image: &str) -> Result<bool>;
+    /// Pulls `image` (its tag, `latest` if none) from its registry.
+    async fn pull_image(&self, image: &str) -> Result<()>;
     /// Container events for containers carrying `label=value`, as they happen. The stream
     /// ends (or yields an error) when the engine connection is lost.
     fn events(&self, label: &str, value: &str) -> BoxStream<'static, Result<Event>>;
@@ -188,5 +190,47 @@ pub trait Engine: Send + Sync + 'static {
             stdout,
             stderr,
         })
+    }
+}
+
+/// `registry:5000/name:tag` → (`registry:5000/name`, `tag`); a digest stays with the name.
+pub fn split_reference(image: &str) -> (String, String) {
+    if image.contains('@') {
+        return (image.to_string(), String::new());
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.rsplit_once(':') {
+        Some((_, tag)) => (
+            image[..image.len() - tag.len() - 1].to_string(),
+            tag.to_string(),
+        ),
+        None => (image.to_string(), "latest".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_reference;
+
+    #[test]
+    fn references_split_into_name_and_tag() {
+        let s = |i: &str| {
+            let (a, b) = split_reference(i);
+            (a, b)
+        };
+        assert_eq!(s("postgres:16"), ("postgres".into(), "16".into()));
+        assert_eq!(s("redis"), ("redis".into(), "latest".into()));
+        assert_eq!(
+            s("127.0.0.1:5000/bot:2"),
+            ("127.0.0.1:5000/bot".into(), "2".into())
+        );
+        assert_eq!(
+            s("127.0.0.1:5000/bot"),
+            ("127.0.0.1:5000/bot".into(), "latest".into())
+        );
+        assert_eq!(
+            s("bot@sha256:abc"),
+            ("bot@sha256:abc".into(), String::new())
+        );
     }
 }

@@ -304,11 +304,7 @@ impl Supervisor {
         image: &str,
         backup: bool,
     ) -> anyhow::Result<()> {
-        if !self.engine.image_exists(image).await? {
-            bail!(
-                "image {image} is not on this host (no registry to pull from): load it with `docker load` first"
-            );
-        }
+        crate::supervisor::ensure_image(self.engine.as_ref(), image).await?;
         if backup && cfg.backup.is_some() {
             let meta = crate::backup::take(self.engine.as_ref(), cfg)
                 .await

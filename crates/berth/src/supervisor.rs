@@ -520,12 +520,7 @@ impl Supervisor {
             match a {
                 Action::CreateContainer { .. } => {
                     let spec = spec::container_spec(cfg, svc);
-                    if !self.engine.image_exists(&svc.image).await? {
-                        anyhow::bail!(
-                            "image {} is not present on this host (berth does not pull yet: load or build it first)",
-                            svc.image
-                        );
-                    }
+                    ensure_image(self.engine.as_ref(), &svc.image).await?;
                     id = Some(self.engine.create_container(&spec).await?);
                     self.update_service(name, |s| {
                         s.container_id = id.clone();
@@ -1258,6 +1253,22 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// The image is on this host, pulled from its registry if it was not.
+pub(crate) async fn ensure_image(engine: &dyn Engine, image: &str) -> anyhow::Result<()> {
+    if engine.image_exists(image).await? {
+        return Ok(());
+    }
+    info!(image, "pulling");
+    let t = Instant::now();
+    engine.pull_image(image).await.map_err(|e| {
+        anyhow::anyhow!(
+            "image {image} is not on this host and pulling it failed ({e}): check the name, `docker login` to a private registry, or `docker load` it"
+        )
+    })?;
+    info!(image, ms = t.elapsed().as_millis() as u64, "pulled");
+    Ok(())
 }
 
 fn ignore_not_found(e: EngineError) -> Result<(), EngineError> {

@@ -33,6 +33,22 @@ fn template(v: &BValue) -> String {
     v.template.clone()
 }
 
+/// `pg_isready` for the postgres probe, in compose and Kubernetes alike.
+fn pg_isready(user: &str, database: &str, port: u16) -> Vec<Value> {
+    [
+        "pg_isready",
+        "-U",
+        user,
+        "-d",
+        database,
+        "-p",
+        &port.to_string(),
+    ]
+    .into_iter()
+    .map(s)
+    .collect()
+}
+
 /// The compose healthcheck test for a probe.
 fn compose_test(kind: &ProbeKind) -> Value {
     match kind {
@@ -41,16 +57,7 @@ fn compose_test(kind: &ProbeKind) -> Value {
             database,
             port,
             ..
-        } => seq([
-            s("CMD"),
-            s("pg_isready"),
-            s("-U"),
-            s(user.as_str()),
-            s("-d"),
-            s(database.as_str()),
-            s("-p"),
-            s(port.to_string()),
-        ]),
+        } => seq(std::iter::once(s("CMD")).chain(pg_isready(user, database, *port))),
         ProbeKind::Redis { password, port } => {
             let mut t = vec![s("CMD"), s("redis-cli"), s("-p"), s(port.to_string())];
             if let Some(p) = password {
@@ -219,22 +226,7 @@ pub fn compose(cfg: &Config) -> String {
 
 /// The `${VAR}` names a template references.
 fn vars_of(t: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = t;
-    while let Some(i) = rest.find('$') {
-        let after = &rest[i + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            rest = tail;
-        } else if let Some(tail) = after.strip_prefix('{')
-            && let Some(end) = tail.find('}')
-        {
-            out.push(tail[..end].to_string());
-            rest = &tail[end + 1..];
-        } else {
-            rest = after;
-        }
-    }
-    out
+    berth_config::variables(t)
 }
 
 /// A template in Kubernetes' own expansion: `${VAR}` → `$(VAR)`, literal `$(` escaped.
@@ -296,18 +288,7 @@ fn kube_probe(p: &berth_config::Probe) -> (Value, Value) {
             ..
         } => (
             "exec",
-            map(vec![(
-                "command",
-                seq([
-                    s("pg_isready"),
-                    s("-U"),
-                    s(user.as_str()),
-                    s("-d"),
-                    s(database.as_str()),
-                    s("-p"),
-                    s(port.to_string()),
-                ]),
-            )]),
+            map(vec![("command", seq(pg_isready(user, database, *port)))]),
         ),
         ProbeKind::Redis { password, port } => {
             let mut c = vec![s("redis-cli"), s("-p"), s(port.to_string())];

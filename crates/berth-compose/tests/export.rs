@@ -1,30 +1,14 @@
 //! Export of an imported production config: compose and Kubernetes, references only.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use berth_compose::{Input, export, import};
+use berth_compose::export;
 use serde_yaml_ng::Value;
 
+mod common;
+
 fn config() -> (berth_config::Config, BTreeMap<String, String>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let yaml = std::fs::read_to_string(dir.join("docker-compose.prod.yml")).expect("fixture");
-    let env: BTreeMap<String, String> = std::fs::read_to_string(dir.join(".env"))
-        .expect("env")
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let env_file = dir.join(".env");
-    let out = import(&Input {
-        yaml: &yaml,
-        dir: &dir,
-        env: &env,
-        env_file: Some(&env_file),
-        project: "x",
-    })
-    .expect("import");
+    let (out, env, dir) = common::imported();
     let cfg = berth_config::parse_str(&dir.join("berth.toml"), &out.toml, &|k| env.get(k).cloned())
         .expect("valid");
     (cfg, env)

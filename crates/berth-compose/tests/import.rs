@@ -6,31 +6,12 @@ use std::path::Path;
 
 use berth_compose::{Input, import};
 
-fn fixture() -> (String, BTreeMap<String, String>, std::path::PathBuf) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let yaml = std::fs::read_to_string(dir.join("docker-compose.prod.yml")).expect("fixture");
-    let env = std::fs::read_to_string(dir.join(".env"))
-        .expect("env")
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    (yaml, env, dir)
-}
+mod common;
+use common::fixture;
 
 #[test]
 fn the_production_compose_file_imports_to_a_valid_config_without_secrets() {
-    let (yaml, env, dir) = fixture();
-    let env_file = dir.join(".env");
-    let out = import(&Input {
-        yaml: &yaml,
-        dir: &dir,
-        env: &env,
-        env_file: Some(&env_file),
-        project: "fallback",
-    })
-    .expect("import");
+    let (out, env, dir) = common::imported();
     let toml = &out.toml;
     // No secret value, only references.
     for v in env.values() {

@@ -61,6 +61,13 @@ pub(crate) fn is_var_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// The `${VAR}` names a template uses, in order (`$$` is not one).
+pub fn variables(template: &str) -> Vec<String> {
+    interpolate(template, &|_| Some(String::new()))
+        .map(|i| i.vars)
+        .unwrap_or_default()
+}
+
 /// Result of interpolating one string.
 pub(crate) struct Interpolated {
     pub value: String,

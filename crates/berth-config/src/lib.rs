@@ -13,7 +13,7 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
-pub use env::parse_env_file;
+pub use env::{parse_env_file, variables};
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 

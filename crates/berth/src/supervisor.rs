@@ -735,9 +735,28 @@ impl Supervisor {
                     s.health = health;
                 }
             });
-            // The container may have changed while the probe ran (deploy, restore).
-            let still_current = self.current_container(&service).as_deref() == Some(id.as_str());
-            if failures >= p.failures && still_current && !self.is_held(&service) {
+            // The container may have changed while the probe ran (deploy, restore), or died:
+            // then the event path owns its restart, and a failure here is not the probe's.
+            let still_running = self.snap.borrow().services.get(&service).is_some_and(|s| {
+                s.container_id.as_deref() == Some(id.as_str()) && s.state == State::Running
+            });
+            if !still_running {
+                failures = 0;
+                continue;
+            }
+            // A container that died under the probe is the event path's to restart, even if
+            // its `die` event has not been handled yet.
+            let dead = failures >= p.failures
+                && self
+                    .engine
+                    .inspect_container(&id)
+                    .await
+                    .is_ok_and(|d| !d.running);
+            if dead {
+                failures = 0;
+                continue;
+            }
+            if failures >= p.failures && !self.is_held(&service) {
                 warn!(service = %service, failures, error = r.error.as_deref().unwrap_or(""), "probe failing: restarting");
                 failures = 0;
                 // A hung service is restarted at once: it did not crash-loop.

@@ -381,8 +381,27 @@ impl Supervisor {
                 return Err(e).context("observing the engine");
             }
         };
-        self.update(|s| s.engine_connected = true);
-        let actions = berth_plan::plan(&cfg, &observed, &self.held());
+        // What the engine shows wins over what berth last believed (events can be missed
+        // while the engine was unreachable): a container berth thought running that is not
+        // is reported as exited until this pass brings it back.
+        let held = self.held();
+        self.update(|s| {
+            s.engine_connected = true;
+            for (name, st) in s.services.iter_mut() {
+                if st.state != State::Running || held.contains(name) {
+                    continue;
+                }
+                let alive = observed
+                    .containers
+                    .iter()
+                    .any(|c| c.running && Some(&c.id) == st.container_id.as_ref());
+                if !alive {
+                    st.state = State::Exited;
+                    st.health = Health::Unhealthy;
+                }
+            }
+        });
+        let actions = berth_plan::plan(&cfg, &observed, &held);
         for a in &actions {
             info!(action = %a, service = a.service().unwrap_or(""), "plan");
         }
@@ -754,6 +773,8 @@ impl Supervisor {
                     .is_ok_and(|d| !d.running);
             if dead {
                 failures = 0;
+                // Its `die` may have been missed (engine unreachable): a pass settles it.
+                self.request_reconcile();
                 continue;
             }
             if failures >= p.failures && !self.is_held(&service) {

@@ -146,6 +146,16 @@ stop_grace_period = "1s"
     assert_eq!(h["alerts"]["telegram"]["ok"], true, "{h}");
     // The daemon sent the two (the test message came from the CLI itself).
     assert_eq!(h["alerts"]["webhook"]["sent"], 2, "{h}");
+    let metrics = http_client()
+        .get(format!("http://127.0.0.1:{}/metrics", stack.health_port))
+        .send()
+        .and_then(|r| r.text())
+        .expect("metrics");
+    let samples = parse_metrics(&metrics);
+    assert!(
+        samples.contains(&"berth_alerts_sent_total [('channel', 'telegram')] 2.0".to_string()),
+        "{samples:#?}"
+    );
 }
 
 #[test]

@@ -727,6 +727,27 @@ fn status_table(body: &serde_json::Value) -> String {
     if let Some(e) = b["last_error"].as_str() {
         let _ = writeln!(out, "backup: last attempt failed: {e}");
     }
+    if let Some(o) = b["offsite"].as_object() {
+        let state = match o.get("last_error").and_then(|e| e.as_str()) {
+            Some(e) => format!("failing: {e}"),
+            None => format!(
+                "{} copies, last pass {}",
+                o.get("count").and_then(|c| c.as_u64()).unwrap_or(0),
+                o.get("last_ok_at")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("not yet")
+            ),
+        };
+        let pending = o.get("pending").and_then(|p| p.as_u64()).unwrap_or(0);
+        let _ = writeln!(out, "off-site: {state}, {pending} pending");
+    }
+    for (name, c) in body["alerts"].as_object().into_iter().flatten() {
+        let state = match c["last_error"].as_str() {
+            Some(e) if c["ok"] == false => format!("failing: {e}"),
+            _ => "ok".to_string(),
+        };
+        let _ = writeln!(out, "alerts: {name} {state} ({} sent)", c["sent"]);
+    }
     for (svc, d) in body["deploy"].as_object().into_iter().flatten() {
         let _ = writeln!(
             out,

@@ -16,6 +16,18 @@ fn service(name: &str) -> Labels {
     vec![("service".to_string(), name.to_string())]
 }
 
+fn unix_time(t: Option<std::time::SystemTime>) -> FloatGauge {
+    let g = FloatGauge::default();
+    if let Some(t) = t {
+        g.set(
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        );
+    }
+    g
+}
+
 pub fn render(s: &Snapshot) -> String {
     let mut reg = Registry::default();
     let up = Family::<Labels, Gauge>::default();
@@ -66,18 +78,51 @@ pub fn render(s: &Snapshot) -> String {
         "Duration of the service's last probe",
         probe,
     );
-    let last = FloatGauge::default();
-    if let Some(t) = s.backup.last_ok_at {
-        last.set(
-            t.duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0),
-        );
-    }
     reg.register(
         "berth_backup_last_success_timestamp_seconds",
         "Unix time of the last successful backup (0: none yet)",
-        last,
+        unix_time(s.backup.last_ok_at),
+    );
+    if let Some(o) = &s.backup.offsite {
+        reg.register(
+            "berth_offsite_last_success_timestamp_seconds",
+            "Unix time of the last successful off-site pass (0: none yet)",
+            unix_time(o.last_ok_at),
+        );
+        let failing = Gauge::<i64>::default();
+        failing.set(i64::from(o.last_error.is_some()));
+        reg.register(
+            "berth_offsite_failing",
+            "Whether the last off-site pass failed",
+            failing,
+        );
+        let pending = Gauge::<i64>::default();
+        pending.set(o.pending as i64);
+        reg.register(
+            "berth_offsite_pending",
+            "Local backups not yet copied off-site",
+            pending,
+        );
+    }
+    let sent = Family::<Labels, Counter>::default();
+    let failures = Family::<Labels, Counter>::default();
+    let channel_ok = Family::<Labels, Gauge>::default();
+    for (name, c) in &s.alerts {
+        let l = vec![("channel".to_string(), name.clone())];
+        sent.get_or_create(&l).inc_by(c.sent);
+        failures.get_or_create(&l).inc_by(c.failures);
+        channel_ok.get_or_create(&l).set(i64::from(c.ok));
+    }
+    reg.register("berth_alerts_sent", "Alerts delivered, by channel", sent);
+    reg.register(
+        "berth_alert_delivery_failures",
+        "Failed alert delivery attempts, by channel",
+        failures,
+    );
+    reg.register(
+        "berth_alert_channel_ok",
+        "Whether the channel's last delivery went through",
+        channel_ok,
     );
     let size = Gauge::<i64>::default();
     size.set(s.backup.last_size_bytes.unwrap_or(0) as i64);

@@ -137,7 +137,9 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     cargo_build(&["berth"])?;
     debian_package()?;
     let mut c = cargo();
-    c.args(["test", "--workspace"]).args(extra);
+    // Every test binary runs even when one fails: the closing line counts them all.
+    c.args(["test", "--workspace", "--no-fail-fast"])
+        .args(extra);
     // Echo cargo's output and add up its per-binary results into one closing line.
     let mut child = c
         .stdout(std::process::Stdio::piped())

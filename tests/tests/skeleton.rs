@@ -237,6 +237,10 @@ fn a_change_recreates_only_that_service_and_a_removed_service_loses_its_containe
     );
     let h = d.wait_healthy(UP);
     assert_eq!(h["config"]["generation"], 3);
+    // An image change in the file goes through the deploy flow.
+    d.wait_health("the image change deployed", UP, |h| {
+        h["deploy"]["cache"]["outcome"] == "deployed"
+    });
 
     // api removed from the file: its container goes, cache and the volume stay.
     stack.write_config(&small_config(

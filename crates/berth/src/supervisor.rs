@@ -226,6 +226,8 @@ impl Supervisor {
             Err(_) => return,
         };
         for (service, image) in pending {
+            // Held from now until its deploy ends (replace_config holds it even earlier).
+            self.hold(&service, true);
             let sup = self.clone();
             tokio::spawn(async move {
                 info!(service, image, "the config changed the image: deploying it");
@@ -236,6 +238,8 @@ impl Supervisor {
                     error!(service, image, error = %format!("{e:#}"), "deploy after reload failed");
                     sup.settle_pending(&service, &image);
                 }
+                sup.hold(&service, false);
+                sup.request_reconcile();
             });
         }
     }
@@ -297,6 +301,9 @@ impl Supervisor {
                         continue;
                     };
                     if svc.image != was.image && svc.image != ran.image {
+                        // Hands off until its deploy is done: the planner must not recreate
+                        // it for the file's other changes in the meantime.
+                        self.hold(name, true);
                         let pending = crate::deploy::Override {
                             image: ran.image.clone(),
                             file_image: svc.image.clone(),

@@ -36,13 +36,16 @@ fn import_check_export_and_docker_compose_accepts_it() {
         .collect();
 
     let toml = dir.path().join("berth.toml");
-    let out = Command::new(berth_bin())
-        .arg("import-compose")
-        .arg(&compose)
-        .arg("-o")
-        .arg(&toml)
-        .output()
-        .expect("import");
+    let import = || {
+        Command::new(berth_bin())
+            .arg("import-compose")
+            .arg(&compose)
+            .arg("-o")
+            .arg(&toml)
+            .output()
+            .expect("import")
+    };
+    let out = import();
     let notes = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{notes}");
     assert!(
@@ -54,14 +57,7 @@ fn import_check_export_and_docker_compose_accepts_it() {
         assert!(!text.contains(s.as_str()), "secret in the import");
     }
     // Not over an existing file without --force.
-    let again = Command::new(berth_bin())
-        .arg("import-compose")
-        .arg(&compose)
-        .arg("-o")
-        .arg(&toml)
-        .output()
-        .expect("import");
-    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(import().status.code(), Some(1));
 
     let check = run(Command::new(berth_bin()).arg("check").arg("-c").arg(&toml));
     assert!(check.contains("ok (4 services"), "{check}");

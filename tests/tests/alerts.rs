@@ -244,3 +244,63 @@ stop_grace_period = "1s"
         );
     }
 }
+
+#[test]
+fn an_engine_down_when_berth_starts_is_told_and_its_return_too() {
+    let stack = Stack::new("alertengine");
+    let hook = Webhook::start();
+    let mut proxy = SocketProxy::new(stack.dir.path().join("docker.sock"));
+    proxy.cut();
+    let sleeper = r#"[services.sleeper]
+image = "berth-demo/base:bookworm"
+command = ["sleep", "infinity"]
+stop_grace_period = "1s"
+"#;
+    let alerts = format!(
+        "webhook = {{ url = \"{}\" }}\ndown_after = \"4s\"\n",
+        hook.url()
+    );
+    stack.write_config(&config(&stack, &alerts, sleeper));
+    let host = proxy.docker_host();
+    let mut d = stack.start_with_env(&[("DOCKER_HOST", &host)]);
+
+    // Without an engine berth still answers for itself, and says so.
+    let h = d.wait_health("engine unreachable", UP, |h| h["engine"] == "unreachable");
+    assert_eq!(h["status"], "down");
+    assert_eq!(d.health().map(|(c, _)| c), Some(503));
+    let firing = wait_for("the engine alert", UP, || {
+        hook.bodies()
+            .into_iter()
+            .find(|b| b["event"] == "engine_unreachable")
+    });
+    assert_eq!(firing["status"], "firing");
+    let text = firing["text"].as_str().unwrap_or("");
+    assert!(text.contains("the Docker engine does not answer"), "{text}");
+    assert!(text.contains("systemctl status docker"), "{text}");
+
+    // The engine comes: the stack converges and the incident resolves.
+    proxy.restore();
+    d.wait_healthy(UP);
+    let resolved = wait_for("the resolution", UP, || {
+        hook.bodies()
+            .into_iter()
+            .find(|b| b["event"] == "engine_unreachable" && b["status"] == "resolved")
+    });
+    assert!(
+        resolved["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("answers again")),
+        "{resolved}"
+    );
+    // The services never came up, but that was the engine's doing: no alert of their own.
+    let about_services: Vec<Value> = hook
+        .bodies()
+        .into_iter()
+        .filter(|b| !b["service"].is_null())
+        .collect();
+    assert!(
+        about_services.is_empty(),
+        "{about_services:#?}\n{}",
+        d.logs()
+    );
+}

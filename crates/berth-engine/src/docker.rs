@@ -2,6 +2,7 @@
 //! newer engines: the client negotiates down to the server's API version.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,29 +19,67 @@ use bollard::query_parameters::{
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
     StopContainerOptionsBuilder,
 };
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 
 use crate::{
     ContainerDetails, ContainerSpec, ContainerSummary, Engine, EngineError, Event, ExecStream,
     Output, Result,
 };
 
-/// Docker over its unix socket.
+/// Docker over its unix socket. The connection is made, and the API version negotiated, on
+/// first use and again after a failure, so a daemon can start (and report the engine as
+/// unreachable) before dockerd does.
 #[derive(Clone)]
 pub struct DockerEngine {
-    docker: Docker,
+    socket: String,
+    docker: Arc<tokio::sync::OnceCell<Docker>>,
 }
 
 impl DockerEngine {
-    /// Connects to `socket` (e.g. `/var/run/docker.sock`) and negotiates the API version.
+    /// Connects to `socket` (e.g. `/var/run/docker.sock`) and negotiates the API version now.
     pub async fn connect(socket: &str) -> Result<Self> {
-        let docker = Docker::connect_with_socket(socket, 120, bollard::API_DEFAULT_VERSION)
-            .map_err(|e| EngineError::Unreachable(format!("{socket}: {e}")))?;
-        let docker = docker
-            .negotiate_version()
+        let engine = Self::lazy(socket);
+        engine.client().await?;
+        Ok(engine)
+    }
+
+    /// An engine on `socket` that connects when first used.
+    pub fn lazy(socket: &str) -> Self {
+        DockerEngine {
+            socket: socket.to_string(),
+            docker: Arc::default(),
+        }
+    }
+
+    /// The negotiated client; a failed attempt is not remembered, the next call retries.
+    async fn client(&self) -> Result<&Docker> {
+        let socket = &self.socket;
+        self.docker
+            .get_or_try_init(|| async move {
+                let unreachable =
+                    |e: BollardError| EngineError::Unreachable(format!("{socket}: {e}"));
+                Docker::connect_with_socket(socket, 120, bollard::API_DEFAULT_VERSION)
+                    .map_err(unreachable)?
+                    .negotiate_version()
+                    .await
+                    .map_err(unreachable)
+            })
             .await
-            .map_err(|e| EngineError::Unreachable(format!("{socket}: {e}")))?;
-        Ok(DockerEngine { docker })
+    }
+
+    /// A stream made from the client once there is one; the connection error otherwise.
+    fn stream<T, S>(
+        &self,
+        make: impl FnOnce(&Docker) -> S + Send + 'static,
+    ) -> BoxStream<'static, Result<T>>
+    where
+        S: futures::Stream<Item = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let this = self.clone();
+        futures::stream::once(async move { this.client().await.map(make) })
+            .try_flatten()
+            .boxed()
     }
 
     /// The socket named by `DOCKER_HOST=unix://…`, else `/var/run/docker.sock`.
@@ -95,7 +134,12 @@ fn to_btree(m: Option<HashMap<String, String>>) -> BTreeMap<String, String> {
 #[async_trait]
 impl Engine for DockerEngine {
     async fn ping(&self) -> Result<()> {
-        self.docker.ping().await.map_err(err("ping")).map(|_| ())
+        self.client()
+            .await?
+            .ping()
+            .await
+            .map_err(err("ping"))
+            .map(|_| ())
     }
 
     async fn networks(&self, label: &str, value: &str) -> Result<BTreeSet<String>> {
@@ -103,7 +147,8 @@ impl Engine for DockerEngine {
             .filters(&label_filter(label, value))
             .build();
         let nets = self
-            .docker
+            .client()
+            .await?
             .list_networks(Some(opts))
             .await
             .map_err(err("list networks"))?;
@@ -114,7 +159,8 @@ impl Engine for DockerEngine {
         // Docker 20.10 allows two networks with one name; never make a second one.
         let by_name = HashMap::from([("name".to_string(), vec![name.to_string()])]);
         let existing = self
-            .docker
+            .client()
+            .await?
             .list_networks(Some(
                 ListNetworksOptionsBuilder::new().filters(&by_name).build(),
             ))
@@ -129,7 +175,8 @@ impl Engine for DockerEngine {
             labels: Some(labels.clone().into_iter().collect()),
             ..Default::default()
         };
-        self.docker
+        self.client()
+            .await?
             .create_network(req)
             .await
             .map_err(err(format!("create network {name}")))?;
@@ -141,7 +188,8 @@ impl Engine for DockerEngine {
             .filters(&label_filter(label, value))
             .build();
         let vols = self
-            .docker
+            .client()
+            .await?
             .list_volumes(Some(opts))
             .await
             .map_err(err("list volumes"))?;
@@ -159,7 +207,8 @@ impl Engine for DockerEngine {
             labels: Some(labels.clone().into_iter().collect()),
             ..Default::default()
         };
-        self.docker
+        self.client()
+            .await?
             .create_volume(req)
             .await
             .map_err(err(format!("create volume {name}")))?;
@@ -172,7 +221,8 @@ impl Engine for DockerEngine {
             .filters(&label_filter(label, value))
             .build();
         let list = self
-            .docker
+            .client()
+            .await?
             .list_containers(Some(opts))
             .await
             .map_err(err("list containers"))?;
@@ -270,7 +320,8 @@ impl Engine for DockerEngine {
             .name(&spec.name)
             .build();
         let resp = self
-            .docker
+            .client()
+            .await?
             .create_container(Some(opts), body)
             .await
             .map_err(err(format!("create container {}", spec.name)))?;
@@ -278,7 +329,7 @@ impl Engine for DockerEngine {
     }
 
     async fn start_container(&self, id: &str) -> Result<()> {
-        match self.docker.start_container(id, None).await {
+        match self.client().await?.start_container(id, None).await {
             // 304: already running.
             Err(BollardError::DockerResponseServerError {
                 status_code: 304, ..
@@ -291,7 +342,7 @@ impl Engine for DockerEngine {
         let opts = StopContainerOptionsBuilder::new()
             .t(grace.as_secs().min(i32::MAX as u64) as i32)
             .build();
-        match self.docker.stop_container(id, Some(opts)).await {
+        match self.client().await?.stop_container(id, Some(opts)).await {
             // 304: already stopped.
             Err(BollardError::DockerResponseServerError {
                 status_code: 304, ..
@@ -302,7 +353,8 @@ impl Engine for DockerEngine {
 
     async fn remove_container(&self, id: &str, force: bool) -> Result<()> {
         let opts = RemoveContainerOptionsBuilder::new().force(force).build();
-        self.docker
+        self.client()
+            .await?
             .remove_container(id, Some(opts))
             .await
             .map_err(err(format!("remove container {id}")))
@@ -310,7 +362,8 @@ impl Engine for DockerEngine {
 
     async fn rename_container(&self, id: &str, new_name: &str) -> Result<()> {
         let opts = RenameContainerOptionsBuilder::new().name(new_name).build();
-        self.docker
+        self.client()
+            .await?
             .rename_container(id, opts)
             .await
             .map_err(err(format!("rename container {id}")))
@@ -318,7 +371,8 @@ impl Engine for DockerEngine {
 
     async fn inspect_container(&self, id: &str) -> Result<ContainerDetails> {
         let c = self
-            .docker
+            .client()
+            .await?
             .inspect_container(id, None)
             .await
             .map_err(err(format!("container {id}")))?;
@@ -372,7 +426,7 @@ impl Engine for DockerEngine {
     }
 
     async fn image_exists(&self, image: &str) -> Result<bool> {
-        match self.docker.inspect_image(image).await {
+        match self.client().await?.inspect_image(image).await {
             Ok(_) => Ok(true),
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
@@ -388,7 +442,7 @@ impl Engine for DockerEngine {
             tag: (!tag.is_empty()).then_some(tag),
             ..Default::default()
         };
-        let mut progress = self.docker.create_image(Some(opts), None, None);
+        let mut progress = self.client().await?.create_image(Some(opts), None, None);
         while let Some(step) = progress.next().await {
             step.map_err(err(format!("pulling {image}")))?;
         }
@@ -399,9 +453,8 @@ impl Engine for DockerEngine {
         let mut filters = label_filter(label, value);
         filters.insert("type".into(), vec!["container".into()]);
         let opts = EventsOptionsBuilder::new().filters(&filters).build();
-        self.docker
-            .events(Some(opts))
-            .map(|r| {
+        self.stream(move |d| {
+            d.events(Some(opts)).map(|r| {
                 let m = r.map_err(err("event stream"))?;
                 let actor = m.actor.unwrap_or_default();
                 let labels = to_btree(actor.attributes);
@@ -415,7 +468,7 @@ impl Engine for DockerEngine {
                     time_nanos: m.time_nano.unwrap_or_default(),
                 })
             })
-            .boxed()
+        })
     }
 
     async fn exec_stream(&self, id: &str, cmd: &[String], stdin: bool) -> Result<ExecStream> {
@@ -429,12 +482,14 @@ impl Engine for DockerEngine {
         };
         let what = format!("exec in {id}");
         let created = self
-            .docker
+            .client()
+            .await?
             .create_exec(id, opts)
             .await
             .map_err(err(what.clone()))?;
         let started = self
-            .docker
+            .client()
+            .await?
             .start_exec(&created.id, None)
             .await
             .map_err(err(what.clone()))?;
@@ -475,7 +530,8 @@ impl Engine for DockerEngine {
         // The output stream can end a moment before the engine records the exit code.
         for _ in 0..100 {
             let r = self
-                .docker
+                .client()
+                .await?
                 .inspect_exec(exec_id)
                 .await
                 .map_err(err(format!("exec {exec_id}")))?;
@@ -504,15 +560,15 @@ impl Engine for DockerEngine {
             .tail(&tail)
             .build();
         let what = format!("logs of {id}");
-        self.docker
-            .logs(id, Some(opts))
-            .map(move |r| match r {
+        let id = id.to_string();
+        self.stream(move |d| {
+            d.logs(&id, Some(opts)).map(move |r| match r {
                 Ok(bollard::container::LogOutput::StdErr { message }) => {
                     Ok(Output::Stderr(message.to_vec()))
                 }
                 Ok(o) => Ok(Output::Stdout(o.into_bytes().to_vec())),
                 Err(e) => Err(err(what.clone())(e)),
             })
-            .boxed()
+        })
     }
 }

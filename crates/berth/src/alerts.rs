@@ -201,10 +201,12 @@ impl Tracker {
                 out.push(self.with_held_back(c.firing.clone()));
             }
         }
+        // Without the engine a service's state is unknown: its open incident stays open.
         let cleared: Vec<String> = self
             .open
             .keys()
             .filter(|k| !conditions.contains_key(*k))
+            .filter(|k| snap.engine_connected || !k.starts_with("service:"))
             .cloned()
             .collect();
         for key in cleared {
@@ -395,7 +397,13 @@ impl Tracker {
     /// The conditions that hold now, by incident key.
     fn conditions(&mut self, snap: &Snapshot, now: Instant) -> BTreeMap<String, Condition> {
         let mut out = BTreeMap::new();
-        for (name, st) in &snap.services {
+        // Without the engine, services are not known to be down: the one incident is the
+        // engine's, and a service's grace period starts over once it answers.
+        if !snap.engine_connected {
+            self.down_since.clear();
+        }
+        let services = snap.services.iter().filter(|_| snap.engine_connected);
+        for (name, st) in services {
             let down = !st.is_healthy() && st.state != State::Stopped;
             if !down {
                 self.down_since.remove(name);

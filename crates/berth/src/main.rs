@@ -816,19 +816,9 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
 
-    let engine = loop {
-        match connect().await {
-            Ok(e) => break e,
-            Err(e) => {
-                error!(error = %format!("{e:#}"), "engine unreachable; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = term.recv() => return Ok(()),
-                    _ = int.recv() => return Ok(()),
-                }
-            }
-        }
-    };
+    // Connects on first use: while the engine is down berth still serves /health and
+    // alerts, and converges as soon as it answers.
+    let engine: Arc<dyn Engine> = Arc::new(DockerEngine::lazy(&DockerEngine::default_socket()));
     let admin_listener = admin::bind(&cfg.supervisor.admin_socket).await?;
     let admin_path = cfg.supervisor.admin_socket.clone();
     // Present while berth runs; found at start-up, the last berth did not stop cleanly.

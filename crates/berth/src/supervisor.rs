@@ -348,27 +348,44 @@ impl Supervisor {
         self.update(|s| s.config.error = Some(error));
     }
 
-    /// Runs convergence whenever asked (events, reloads) and every [`RESYNC`].
+    /// Runs convergence whenever asked (events, reloads) and every [`RESYNC`]. `first_done`
+    /// fires after the first pass that reached the engine (systemd's READY).
     pub async fn converge_loop(self: Arc<Self>, first_done: tokio::sync::oneshot::Sender<()>) {
         let mut first = Some(first_done);
         let mut recovered = false;
+        let mut engine_answered = true;
         loop {
-            if !recovered {
-                // Before anything starts: a deploy berth died in is undone first.
-                match self.recover_interrupted().await {
-                    Ok(()) => {
-                        recovered = true;
-                        // Image changes a reload asked for and berth never finished.
-                        self.deploy_pending();
-                    }
-                    Err(e) => error!(error = %format!("{e:#}"), "undoing an interrupted deploy"),
+            if let Err(e) = self.engine.ping().await {
+                // The event loop's reconnects ask for the next pass.
+                if std::mem::replace(&mut engine_answered, false) {
+                    warn!(error = %e, "engine unreachable; waiting for it");
+                } else {
+                    debug!(error = %e, "engine still unreachable");
                 }
-            }
-            if let Err(e) = self.converge().await {
-                error!(error = %format!("{e:#}"), "convergence failed");
-            }
-            if let Some(tx) = first.take() {
-                let _ = tx.send(());
+                self.update(|s| s.engine_connected = false);
+            } else {
+                engine_answered = true;
+                if !recovered {
+                    // Before anything starts: a deploy berth died in is undone first.
+                    match self.recover_interrupted().await {
+                        Ok(()) => {
+                            recovered = true;
+                            // Image changes a reload asked for and berth never finished.
+                            self.deploy_pending();
+                        }
+                        Err(e) => {
+                            error!(error = %format!("{e:#}"), "undoing an interrupted deploy")
+                        }
+                    }
+                }
+                if let Err(e) = self.converge().await {
+                    error!(error = %format!("{e:#}"), "convergence failed");
+                }
+                if self.snap.borrow().engine_connected
+                    && let Some(tx) = first.take()
+                {
+                    let _ = tx.send(());
+                }
             }
             tokio::select! {
                 _ = self.reconcile.notified() => {}
@@ -816,7 +833,8 @@ impl Supervisor {
 
     /// Follows the engine's events; reconnects when the stream ends.
     pub async fn event_loop(self: Arc<Self>) {
-        let mut delay = Duration::from_millis(200);
+        const EVENTS_RETRY: Duration = Duration::from_millis(200);
+        let mut delay = EVENTS_RETRY;
         loop {
             let project = self.config().supervisor.project.clone();
             let mut events = self.engine.events(LABEL_PROJECT, &project);
@@ -825,17 +843,21 @@ impl Supervisor {
             while let Some(ev) = events.next().await {
                 match ev {
                     Ok(ev) => {
-                        delay = Duration::from_millis(200);
+                        delay = EVENTS_RETRY;
                         self.on_event(ev).await;
                     }
                     Err(e) => {
-                        warn!(error = %e, "engine event stream failed");
+                        // Said once per outage; the retries that follow are debug.
+                        if delay == EVENTS_RETRY {
+                            warn!(error = %e, "engine event stream failed; reconnecting");
+                        } else {
+                            debug!(error = %e, "engine event stream failed; reconnecting");
+                        }
                         break;
                     }
                 }
             }
             self.update(|s| s.engine_connected = false);
-            warn!("engine event stream ended; reconnecting");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }

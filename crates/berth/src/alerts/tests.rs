@@ -145,6 +145,48 @@ fn an_incident_back_soon_is_quiet_until_repeat_after_then_told_if_it_holds() {
 }
 
 #[test]
+fn without_the_engine_the_engine_is_the_one_incident() {
+    let t0 = Instant::now();
+    let ok = snap(&[("bot", healthy()), ("db", healthy())]);
+    let mut tr = Tracker::new(rules(), &ok, t0);
+    // The bot has been down long enough to be told when the engine goes away.
+    let bot_down = snap(&[("bot", exited(1, false)), ("db", healthy())]);
+    let mut lost = snap(&[("bot", exited(1, false)), ("db", exited(0, false))]);
+    lost.engine_connected = false;
+    let back_ok = ok.clone();
+    let msgs = run(
+        &mut tr,
+        t0,
+        &[
+            (0, bot_down.clone()),
+            (60, bot_down.clone()),
+            (100, lost.clone()),
+            (159, lost.clone()),
+            (160, lost.clone()),
+            (200, lost.clone()),
+        ],
+    );
+    assert_eq!(
+        msgs,
+        vec![
+            (60, Status::Firing, "service:bot".to_string()),
+            (160, Status::Firing, "engine".to_string()),
+        ],
+        "the db's unknown state is no incident, the bot's stays open"
+    );
+    assert_eq!(tr.open_incidents(), vec!["engine", "service:bot"]);
+    // Back: both resolve once they have stayed clear.
+    let msgs = run(&mut tr, t0, &[(300, back_ok.clone()), (320, back_ok)]);
+    assert_eq!(
+        msgs,
+        vec![
+            (320, Status::Resolved, "engine".to_string()),
+            (320, Status::Resolved, "service:bot".to_string()),
+        ]
+    );
+}
+
+#[test]
 fn the_hourly_budget_holds_back_and_counts() {
     let t0 = Instant::now();
     let mut r = rules();

@@ -255,4 +255,8 @@ fn a_backup_missed_while_berth_was_down_runs_at_start() {
         h["backup"]["count"] == 2
     });
     assert!(d2.logs().contains("was missed"), "{}", d2.logs());
+    // The two-day-old newest backup had made the stack degraded; the fresh one clears it.
+    d2.wait_health("fresh again", UP, |h| {
+        h["backup"]["stale"] == false && h["status"] == "ok"
+    });
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -132,6 +132,12 @@ pub struct BackupStatus {
     pub count: u64,
     #[serde(skip)]
     pub last_size_bytes: Option<u64>,
+    /// Set by `to_json`: the newest backup (or berth's start, with none) is older than
+    /// `stale_after`.
+    pub stale: bool,
+    /// 1.5× the schedule's period, when there is a schedule.
+    #[serde(skip)]
+    pub stale_after: Option<Duration>,
     /// Copies in S3-compatible storage, when `[backup.offsite]` is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offsite: Option<crate::offsite::OffsiteStatus>,
@@ -191,6 +197,17 @@ impl Snapshot {
 
     /// What needs attention while every service is healthy, if anything.
     pub fn attention(&self) -> Option<String> {
+        // Up between crashes is not fine: until the loop is over (fewer restarts in the
+        // window) the stack is degraded rather than flipping between down and ok.
+        let looping: Vec<&str> = self
+            .services
+            .iter()
+            .filter(|(_, s)| s.crashloop)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if !looping.is_empty() {
+            return Some(format!("crash loop: {}", looping.join(", ")));
+        }
         if let Some(e) = &self.config.error {
             return Some(format!(
                 "config reload rejected: {}",
@@ -205,7 +222,22 @@ impl Snapshot {
         if let Some(e) = &self.backup.last_error {
             return Some(format!("last backup failed: {e}"));
         }
+        if let Some(age) = self.backup_stale(SystemTime::now()) {
+            return Some(match self.backup.last_ok_at {
+                Some(_) => format!("backups stale: the newest is {} old", human_secs(age)),
+                None => format!("backups stale: none in {}", human_secs(age)),
+            });
+        }
         None
+    }
+
+    /// How old the newest backup is (or how long berth has run without one) when that is
+    /// over `stale_after`.
+    pub fn backup_stale(&self, now: SystemTime) -> Option<Duration> {
+        let limit = self.backup.stale_after?;
+        let since = self.backup.last_ok_at.unwrap_or(self.started_at);
+        let age = now.duration_since(since).unwrap_or_default();
+        (age > limit).then_some(age)
     }
 
     /// One line for systemd's STATUS= and logs.
@@ -255,6 +287,7 @@ impl Snapshot {
             .last_ok_at
             .and_then(|t| now.duration_since(t).ok())
             .map(|d| d.as_secs());
+        backup.stale = self.backup_stale(now).is_some();
         serde_json::json!({
             "status": self.overall(),
             "version": env!("CARGO_PKG_VERSION"),
@@ -268,6 +301,11 @@ impl Snapshot {
             "alerts": self.alerts,
         })
     }
+}
+
+/// A whole-second duration, e.g. "1day 2h 3m 4s".
+fn human_secs(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }
 
 pub fn fmt_time(t: SystemTime) -> String {
@@ -285,5 +323,67 @@ pub(crate) fn rfc3339_opt<S: serde::Serializer>(
     match t {
         Some(t) => rfc3339(t, s),
         None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running(crashloop: bool) -> ServiceStatus {
+        let mut s = ServiceStatus::new("bot:1");
+        s.state = State::Running;
+        s.health = Health::Healthy;
+        s.crashloop = crashloop;
+        s
+    }
+
+    #[test]
+    fn overall_status() {
+        let mut snap = Snapshot::new();
+        snap.engine_connected = true;
+        snap.services.insert("db".into(), running(false));
+        assert_eq!(snap.overall(), "ok");
+
+        // Up for a moment between crashes: degraded, named.
+        snap.services.insert("bot".into(), running(true));
+        assert_eq!(snap.overall(), "degraded");
+        assert_eq!(snap.attention().as_deref(), Some("crash loop: bot"));
+        // Down between those moments.
+        if let Some(b) = snap.services.get_mut("bot") {
+            b.state = State::Exited;
+            b.health = Health::Unhealthy;
+        }
+        assert_eq!(snap.overall(), "down");
+
+        snap.services.insert("bot".into(), running(false));
+        snap.backup.last_error = Some("disk full".into());
+        assert_eq!(snap.overall(), "degraded");
+        snap.engine_connected = false;
+        assert_eq!(snap.overall(), "down");
+    }
+
+    #[test]
+    fn a_backup_older_than_its_limit_is_stale() {
+        let mut snap = Snapshot::new();
+        snap.engine_connected = true;
+        let now = snap.started_at + Duration::from_secs(7200);
+        assert_eq!(snap.backup_stale(now), None, "no schedule, never stale");
+        snap.backup.stale_after = Some(Duration::from_secs(3600));
+        assert_eq!(
+            snap.backup_stale(now),
+            Some(Duration::from_secs(7200)),
+            "none since the start"
+        );
+        snap.backup.last_ok_at = Some(now - Duration::from_secs(3000));
+        assert_eq!(snap.backup_stale(now), None);
+        snap.backup.last_ok_at = Some(now - Duration::from_secs(3601));
+        assert_eq!(snap.backup_stale(now), Some(Duration::from_secs(3601)));
+        snap.backup.last_ok_at = Some(SystemTime::now() - Duration::from_secs(3601));
+        assert_eq!(
+            snap.attention()
+                .map(|a| a.starts_with("backups stale: the newest is")),
+            Some(true)
+        );
     }
 }

@@ -69,6 +69,7 @@ impl Supervisor {
         let mut snap = Snapshot::new();
         snap.config.generation = 1;
         snap.deploy = deploys.latest();
+        snap.backup.stale_after = stale_after(&cfg);
         for (name, svc) in &cfg.services {
             snap.services
                 .insert(name.clone(), ServiceStatus::new(&svc.image));
@@ -327,6 +328,7 @@ impl Supervisor {
             s.config.generation += 1;
             s.config.loaded_at = SystemTime::now();
             s.config.error = None;
+            s.backup.stale_after = stale_after(&cfg);
             s.services.retain(|name, _| cfg.services.contains_key(name));
             for (name, svc) in &cfg.services {
                 let st = s
@@ -1325,6 +1327,11 @@ impl Supervisor {
 }
 
 /// The image is on this host, pulled from its registry if it was not.
+/// Backups older than 1.5× the schedule's period are stale.
+fn stale_after(cfg: &Config) -> Option<Duration> {
+    crate::alerts::backup_period(cfg).map(|p| p.mul_f64(1.5))
+}
+
 pub(crate) async fn ensure_image(engine: &dyn Engine, image: &str) -> anyhow::Result<()> {
     if engine.image_exists(image).await? {
         return Ok(());

@@ -9,6 +9,13 @@ use serde_json::Value;
 const UP: Duration = Duration::from_secs(120);
 const CHAT: i64 = 4242;
 
+/// A service that runs until it is stopped or crashed.
+const SLEEPER: &str = r#"[services.sleeper]
+image = "berth-demo/base:bookworm"
+command = ["sleep", "infinity"]
+stop_grace_period = "1s"
+"#;
+
 /// The fake Bot API as a service, plus `extra` services and sections.
 fn config(stack: &Stack, alerts: &str, extra: &str) -> String {
     format!(
@@ -199,16 +206,11 @@ fn an_unreachable_alert_channel_does_not_slow_restarts() {
     let stack = Stack::new("alertdead");
     let hanging = Webhook::hanging();
     let closed = free_port();
-    let sleeper = r#"[services.sleeper]
-image = "berth-demo/base:bookworm"
-command = ["sleep", "infinity"]
-stop_grace_period = "1s"
-"#;
     let alerts = format!(
         "telegram = {{ chat_id = {CHAT}, api_base = \"http://127.0.0.1:{closed}\" }}\nwebhook = {{ url = \"{}\" }}\n",
         hanging.url()
     );
-    stack.write_config(&config(&stack, &alerts, sleeper));
+    stack.write_config(&config(&stack, &alerts, SLEEPER));
     let mut d = stack.start();
     d.wait_healthy(UP);
     // berth killed: the next one starts "after an unclean stop" and has news to send to
@@ -251,16 +253,11 @@ fn an_engine_down_when_berth_starts_is_told_and_its_return_too() {
     let hook = Webhook::start();
     let mut proxy = SocketProxy::new(stack.dir.path().join("docker.sock"));
     proxy.cut();
-    let sleeper = r#"[services.sleeper]
-image = "berth-demo/base:bookworm"
-command = ["sleep", "infinity"]
-stop_grace_period = "1s"
-"#;
     let alerts = format!(
         "webhook = {{ url = \"{}\" }}\ndown_after = \"4s\"\n",
         hook.url()
     );
-    stack.write_config(&config(&stack, &alerts, sleeper));
+    stack.write_config(&config(&stack, &alerts, SLEEPER));
     let host = proxy.docker_host();
     let mut d = stack.start_with_env(&[("DOCKER_HOST", &host)]);
 

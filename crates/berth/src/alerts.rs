@@ -87,18 +87,15 @@ pub struct Rules {
     pub repeat_after: Duration,
     pub max_per_hour: u32,
     pub deploy_succeeded: bool,
-    /// Time between two scheduled backups; a backup older than 1.5× this is stale.
-    pub backup_period: Option<Duration>,
 }
 
 impl Rules {
-    pub fn new(a: &Alerts, backup_period: Option<Duration>) -> Self {
+    pub fn new(a: &Alerts) -> Self {
         Rules {
             down_after: a.down_after,
             repeat_after: a.repeat_after,
             max_per_hour: a.max_per_hour,
             deploy_succeeded: a.deploy_succeeded,
-            backup_period,
         }
     }
 }
@@ -120,7 +117,6 @@ struct Incident {
 
 pub struct Tracker {
     rules: Rules,
-    started: Instant,
     down_since: BTreeMap<String, Instant>,
     engine_lost: Option<Instant>,
     open: BTreeMap<String, Incident>,
@@ -133,10 +129,9 @@ pub struct Tracker {
 
 impl Tracker {
     /// `first` is the snapshot at start: deploys already on record are not news.
-    pub fn new(rules: Rules, first: &Snapshot, now: Instant) -> Self {
+    pub fn new(rules: Rules, first: &Snapshot) -> Self {
         Tracker {
             rules,
-            started: now,
             down_since: BTreeMap::new(),
             engine_lost: None,
             open: BTreeMap::new(),
@@ -530,41 +525,32 @@ impl Tracker {
                 },
             );
         }
-        if let Some(period) = self.rules.backup_period {
-            let limit = period.mul_f64(1.5);
-            let age = snap
-                .backup
-                .last_ok_at
-                .and_then(|t| SystemTime::now().duration_since(t).ok());
-            let stale = match age {
-                Some(a) => a > limit,
-                None => now.duration_since(self.started) > limit,
+        if let (Some(age), Some(period)) =
+            (snap.backup_stale(SystemTime::now()), snap.backup.period)
+        {
+            let what = match snap.backup.last_ok_at {
+                Some(_) => format!("the newest backup is {} old", human(age)),
+                None => format!("no backup in {}", human(age)),
             };
-            if stale {
-                let what = match age {
-                    Some(a) => format!("the newest backup is {} old", human(a)),
-                    None => format!("no backup in {}", human(now.duration_since(self.started))),
-                };
-                out.insert(
-                    "backup-stale".into(),
-                    Condition {
-                        firing: Message::new(
-                            "backup-stale",
-                            "backup_stale",
-                            None,
-                            Status::Firing,
-                            "backups are stale".into(),
-                        )
-                        .line(format!(
-                            "What happened: {what} (expected every {}).",
-                            human(period)
-                        ))
-                        .line("What berth did: keeps trying on schedule.")
-                        .line("Look further: berth backups; berth backup"),
-                        resolved: "a fresh backup was taken".into(),
-                    },
-                );
-            }
+            out.insert(
+                "backup-stale".into(),
+                Condition {
+                    firing: Message::new(
+                        "backup-stale",
+                        "backup_stale",
+                        None,
+                        Status::Firing,
+                        "backups are stale".into(),
+                    )
+                    .line(format!(
+                        "What happened: {what} (expected every {}).",
+                        human(period)
+                    ))
+                    .line("What berth did: keeps trying on schedule.")
+                    .line("Look further: berth backups; berth backup"),
+                    resolved: "a fresh backup was taken".into(),
+                },
+            );
         }
         if let Some(e) = &snap.config.error {
             out.insert(
@@ -770,15 +756,6 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// Time between two scheduled backups (from the next two occurrences).
-pub fn backup_period(cfg: &Config) -> Option<Duration> {
-    let cron = cfg.backup.as_ref()?.schedule.cron().ok()?;
-    let now = chrono::Local::now();
-    let a = cron.find_next_occurrence(&now, false).ok()?;
-    let b = cron.find_next_occurrence(&a, false).ok()?;
-    (b - a).to_std().ok()
-}
-
 /// The sender task of one channel: delivers in order, retrying each message with
 /// backoff (1 s doubling to 5 min) until it goes through.
 async fn deliver(
@@ -885,9 +862,9 @@ pub async fn run(sup: Arc<Supervisor>, unclean: bool) {
             sup.clear_alert_channels();
             outlets = Some(Outlets::start(&sup, &cfg, &alerts));
         }
-        let rules = Rules::new(&alerts, backup_period(&cfg));
+        let rules = Rules::new(&alerts);
         let now = Instant::now();
-        let t = tracker.get_or_insert_with(|| Tracker::new(rules.clone(), &first, now));
+        let t = tracker.get_or_insert_with(|| Tracker::new(rules.clone(), &first));
         t.set_rules(rules);
         let mut messages = Vec::new();
         if std::mem::take(&mut pending_unclean) {

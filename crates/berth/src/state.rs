@@ -132,12 +132,11 @@ pub struct BackupStatus {
     pub count: u64,
     #[serde(skip)]
     pub last_size_bytes: Option<u64>,
-    /// Set by `to_json`: the newest backup (or berth's start, with none) is older than
-    /// `stale_after`.
+    /// Set by `to_json`: see [`Snapshot::backup_stale`].
     pub stale: bool,
-    /// 1.5× the schedule's period, when there is a schedule.
+    /// Time between two scheduled backups, when there is a schedule.
     #[serde(skip)]
-    pub stale_after: Option<Duration>,
+    pub period: Option<Duration>,
     /// Copies in S3-compatible storage, when `[backup.offsite]` is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offsite: Option<crate::offsite::OffsiteStatus>,
@@ -232,9 +231,9 @@ impl Snapshot {
     }
 
     /// How old the newest backup is (or how long berth has run without one) when that is
-    /// over `stale_after`.
+    /// over 1.5× the schedule's period. `/health` and the alerts both judge by this.
     pub fn backup_stale(&self, now: SystemTime) -> Option<Duration> {
-        let limit = self.backup.stale_after?;
+        let limit = self.backup.period?.mul_f64(1.5);
         let since = self.backup.last_ok_at.unwrap_or(self.started_at);
         let age = now.duration_since(since).unwrap_or_default();
         (age > limit).then_some(age)
@@ -369,7 +368,7 @@ mod tests {
         snap.engine_connected = true;
         let now = snap.started_at + Duration::from_secs(7200);
         assert_eq!(snap.backup_stale(now), None, "no schedule, never stale");
-        snap.backup.stale_after = Some(Duration::from_secs(3600));
+        snap.backup.period = Some(Duration::from_secs(2400));
         assert_eq!(
             snap.backup_stale(now),
             Some(Duration::from_secs(7200)),

@@ -69,7 +69,7 @@ impl Supervisor {
         let mut snap = Snapshot::new();
         snap.config.generation = 1;
         snap.deploy = deploys.latest();
-        snap.backup.stale_after = stale_after(&cfg);
+        snap.backup.period = backup_period(&cfg);
         for (name, svc) in &cfg.services {
             snap.services
                 .insert(name.clone(), ServiceStatus::new(&svc.image));
@@ -328,7 +328,7 @@ impl Supervisor {
             s.config.generation += 1;
             s.config.loaded_at = SystemTime::now();
             s.config.error = None;
-            s.backup.stale_after = stale_after(&cfg);
+            s.backup.period = backup_period(&cfg);
             s.services.retain(|name, _| cfg.services.contains_key(name));
             for (name, svc) in &cfg.services {
                 let st = s
@@ -1327,9 +1327,13 @@ impl Supervisor {
 }
 
 /// The image is on this host, pulled from its registry if it was not.
-/// Backups older than 1.5× the schedule's period are stale.
-fn stale_after(cfg: &Config) -> Option<Duration> {
-    crate::alerts::backup_period(cfg).map(|p| p.mul_f64(1.5))
+/// Time between two scheduled backups (from the next two occurrences).
+fn backup_period(cfg: &Config) -> Option<Duration> {
+    let cron = cfg.backup.as_ref()?.schedule.cron().ok()?;
+    let now = chrono::Local::now();
+    let a = cron.find_next_occurrence(&now, false).ok()?;
+    let b = cron.find_next_occurrence(&a, false).ok()?;
+    (b - a).to_std().ok()
 }
 
 pub(crate) async fn ensure_image(engine: &dyn Engine, image: &str) -> anyhow::Result<()> {

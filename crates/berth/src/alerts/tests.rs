@@ -7,7 +7,6 @@ fn rules() -> Rules {
         repeat_after: Duration::from_secs(1800),
         max_per_hour: 20,
         deploy_succeeded: false,
-        backup_period: None,
     }
 }
 
@@ -56,7 +55,7 @@ fn run(tr: &mut Tracker, t0: Instant, steps: &[(u64, Snapshot)]) -> Vec<(u64, St
 fn a_crash_loop_is_one_alert_and_one_resolution() {
     let t0 = Instant::now();
     let ok = snap(&[("bot", healthy())]);
-    let mut tr = Tracker::new(rules(), &ok, t0);
+    let mut tr = Tracker::new(rules(), &ok);
     let mut steps = vec![(0, ok.clone())];
     // Crashes, brief runs between them, then the crash loop, more of the same.
     for i in 1..40u64 {
@@ -88,7 +87,7 @@ fn a_short_outage_is_not_an_incident_a_long_one_is() {
     let t0 = Instant::now();
     let ok = snap(&[("bot", healthy())]);
     let down = snap(&[("bot", exited(1, false))]);
-    let mut tr = Tracker::new(rules(), &ok, t0);
+    let mut tr = Tracker::new(rules(), &ok);
     let msgs = run(
         &mut tr,
         t0,
@@ -122,7 +121,7 @@ fn an_incident_back_soon_is_quiet_until_repeat_after_then_told_if_it_holds() {
     let t0 = Instant::now();
     let ok = snap(&[("bot", healthy())]);
     let down = snap(&[("bot", exited(1, true))]);
-    let mut tr = Tracker::new(rules(), &ok, t0);
+    let mut tr = Tracker::new(rules(), &ok);
     let msgs = run(
         &mut tr,
         t0,
@@ -148,7 +147,7 @@ fn an_incident_back_soon_is_quiet_until_repeat_after_then_told_if_it_holds() {
 fn without_the_engine_the_engine_is_the_one_incident() {
     let t0 = Instant::now();
     let ok = snap(&[("bot", healthy()), ("db", healthy())]);
-    let mut tr = Tracker::new(rules(), &ok, t0);
+    let mut tr = Tracker::new(rules(), &ok);
     // The bot has been down long enough to be told when the engine goes away.
     let bot_down = snap(&[("bot", exited(1, false)), ("db", healthy())]);
     let mut lost = snap(&[("bot", exited(1, false)), ("db", exited(0, false))]);
@@ -192,7 +191,7 @@ fn the_hourly_budget_holds_back_and_counts() {
     let mut r = rules();
     r.max_per_hour = 2;
     let ok = snap(&[]);
-    let mut tr = Tracker::new(r, &ok, t0);
+    let mut tr = Tracker::new(r, &ok);
     let mut bad = snap(&[]);
     bad.backup.last_error = Some("disk full".into());
     bad.config.error = Some("b.toml:1:1: nope".into());
@@ -230,7 +229,7 @@ fn deploy_outcomes_are_told_once_and_old_ones_never() {
     let mut s = snap(&[("bot", healthy())]);
     s.deploy
         .insert("bot".into(), record("rolled_back", "2026-11-26T01:00:00Z"));
-    let mut tr = Tracker::new(rules(), &s, t0);
+    let mut tr = Tracker::new(rules(), &s);
     assert!(
         tr.observe(&s, at(t0, 1)).is_empty(),
         "on record before start"
@@ -253,7 +252,7 @@ fn probe_restarts_are_told_once_per_repeat_after() {
     let t0 = Instant::now();
     let mut st = healthy();
     let s0 = snap(&[("bot", st.clone())]);
-    let mut tr = Tracker::new(rules(), &s0, t0);
+    let mut tr = Tracker::new(rules(), &s0);
     st.probe_restarts = 1;
     let m = tr.observe(&snap(&[("bot", st.clone())]), at(t0, 1));
     assert_eq!(m.len(), 1);
@@ -270,11 +269,10 @@ fn probe_restarts_are_told_once_per_repeat_after() {
 #[test]
 fn a_stale_backup_is_an_incident() {
     let t0 = Instant::now();
-    let mut r = rules();
-    r.backup_period = Some(Duration::from_secs(3600));
     let mut s = snap(&[]);
+    s.backup.period = Some(Duration::from_secs(3600));
     s.backup.last_ok_at = Some(SystemTime::now() - Duration::from_secs(2 * 3600));
-    let mut tr = Tracker::new(r, &s, t0);
+    let mut tr = Tracker::new(rules(), &s);
     let m = tr.observe(&s, at(t0, 0));
     assert_eq!(m.len(), 1);
     assert_eq!(m[0].key, "backup-stale");
@@ -289,7 +287,7 @@ fn texts_say_what_happened_what_berth_did_and_where_to_look_without_secrets() {
     let mut st = exited(7, true);
     st.oom_kills = 2;
     let s = snap(&[("bot", st)]);
-    let mut tr = Tracker::new(rules(), &snap(&[]), t0);
+    let mut tr = Tracker::new(rules(), &snap(&[]));
     let m = tr.observe(&s, at(t0, 0));
     let text = m[0].text("tgtg");
     assert!(

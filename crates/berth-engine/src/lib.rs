@@ -5,6 +5,8 @@
 //! it sees a bollard type.
 
 mod docker;
+#[cfg(feature = "fake")]
+pub mod fake;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

@@ -1,0 +1,226 @@
+//! The planner: `plan(desired, observed, held) -> Vec<Action>`, and the dependency
+//! questions the daemon asks of a config.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use berth_config::Config;
+
+/// Labels berth puts on everything it creates.
+pub const LABEL_PROJECT: &str = "berth.project";
+pub const LABEL_SERVICE: &str = "berth.service";
+pub const LABEL_SPEC_HASH: &str = "berth.spec-hash";
+
+/// What the engine has, as far as the planner cares.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    pub networks: BTreeSet<String>,
+    pub volumes: BTreeSet<String>,
+    /// Containers carrying this project's label.
+    pub containers: Vec<ObservedContainer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedContainer {
+    pub id: String,
+    pub name: String,
+    /// Value of the `berth.service` label.
+    pub service: String,
+    /// Value of the `berth.spec-hash` label.
+    pub spec_hash: String,
+    pub running: bool,
+}
+
+/// Why a container is (re)created or removed; shown by `berth plan` and in logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    Missing,
+    SpecChanged { from: String, to: String },
+    ServiceRemoved,
+    Duplicate,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Missing => write!(f, "no container"),
+            Reason::SpecChanged { from, to } => write!(f, "spec changed ({from} -> {to})"),
+            Reason::ServiceRemoved => write!(f, "service no longer in the file"),
+            Reason::Duplicate => write!(f, "duplicate container for the service"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    CreateNetwork {
+        name: String,
+    },
+    CreateVolume {
+        name: String,
+    },
+    /// Stop (with the grace period) and remove.
+    RemoveContainer {
+        service: String,
+        id: String,
+        name: String,
+        reason: Reason,
+    },
+    /// Create the service's container; a `StartContainer` follows.
+    CreateContainer {
+        service: String,
+        reason: Reason,
+    },
+    /// Start the service's container (just created, or existing but stopped).
+    StartContainer {
+        service: String,
+    },
+}
+
+impl Action {
+    /// The service this action is about, if any.
+    pub fn service(&self) -> Option<&str> {
+        match self {
+            Action::CreateNetwork { .. } | Action::CreateVolume { .. } => None,
+            Action::RemoveContainer { service, .. }
+            | Action::CreateContainer { service, .. }
+            | Action::StartContainer { service } => Some(service),
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::CreateNetwork { name } => write!(f, "create network {name}"),
+            Action::CreateVolume { name } => write!(f, "create volume {name}"),
+            Action::RemoveContainer {
+                service,
+                name,
+                reason,
+                ..
+            } => write!(f, "remove container {name} of {service}: {reason}"),
+            Action::CreateContainer { service, reason } => {
+                write!(f, "create container for {service}: {reason}")
+            }
+            Action::StartContainer { service } => write!(f, "start {service}"),
+        }
+    }
+}
+
+/// Services the operator holds down on purpose (`berth stop`): never started by a plan.
+pub type Held = BTreeSet<String>;
+
+/// Actions that bring `observed` to `desired`, in an order that is safe to run one by
+/// one: network and volumes, then removals, then per service (dependencies first)
+/// create/start. Containers that match are adopted: no action at all.
+pub fn plan(desired: &Config, observed: &Observed, held: &Held) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let net = desired.network_name();
+    if !observed.networks.contains(&net) {
+        actions.push(Action::CreateNetwork { name: net });
+    }
+    for v in desired.volume_names() {
+        if !observed.volumes.contains(&v) {
+            actions.push(Action::CreateVolume { name: v });
+        }
+    }
+
+    let mut by_service: BTreeMap<&str, Vec<&ObservedContainer>> = BTreeMap::new();
+    for c in &observed.containers {
+        by_service.entry(c.service.as_str()).or_default().push(c);
+    }
+
+    let mut removals = Vec::new();
+    let mut per_service = Vec::new();
+    for (svc, found) in &by_service {
+        if !desired.services.contains_key(*svc) {
+            for c in found {
+                removals.push(remove(c, Reason::ServiceRemoved));
+            }
+        }
+    }
+    for name in desired.start_order() {
+        // A held service is someone else's business for now (a deploy or restore in
+        // progress): no create, start or removal.
+        if held.contains(&name) {
+            continue;
+        }
+        let want = desired.services[&name].spec_hash();
+        let found = by_service.get(name.as_str()).cloned().unwrap_or_default();
+        // Keep the best match: right hash first, then running; the rest are duplicates.
+        let keep = found
+            .iter()
+            .copied()
+            .filter(|c| c.spec_hash == want)
+            .max_by_key(|c| (c.running, std::cmp::Reverse(c.id.clone())));
+        for c in &found {
+            if Some(c.id.as_str()) != keep.map(|k| k.id.as_str()) {
+                let reason = if keep.is_some() || c.spec_hash == want {
+                    Reason::Duplicate
+                } else {
+                    Reason::SpecChanged {
+                        from: c.spec_hash.clone(),
+                        to: want.clone(),
+                    }
+                };
+                removals.push(remove(c, reason));
+            }
+        }
+        match keep {
+            Some(c) if c.running => {}
+            Some(_) => per_service.push(Action::StartContainer { service: name }),
+            None => {
+                let reason = match found.first() {
+                    Some(old) => Reason::SpecChanged {
+                        from: old.spec_hash.clone(),
+                        to: want,
+                    },
+                    None => Reason::Missing,
+                };
+                per_service.push(Action::CreateContainer {
+                    service: name.clone(),
+                    reason,
+                });
+                per_service.push(Action::StartContainer { service: name });
+            }
+        }
+    }
+    actions.extend(removals);
+    actions.extend(per_service);
+    actions
+}
+
+/// Services that depend on `service`, directly or not, dependants first (the order to
+/// stop them in).
+pub fn dependants(cfg: &Config, service: &str) -> Vec<String> {
+    let order = cfg.start_order();
+    let mut found = BTreeSet::new();
+    // Start order puts every service after what it depends on.
+    for name in &order {
+        if cfg.services[name]
+            .depends_on
+            .iter()
+            .any(|d| d == service || found.contains(d))
+        {
+            found.insert(name.clone());
+        }
+    }
+    order
+        .into_iter()
+        .rev()
+        .filter(|n| found.contains(n))
+        .collect()
+}
+
+fn remove(c: &ObservedContainer, reason: Reason) -> Action {
+    Action::RemoveContainer {
+        service: c.service.clone(),
+        id: c.id.clone(),
+        name: c.name.clone(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests;

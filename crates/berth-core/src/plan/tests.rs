@@ -1,0 +1,296 @@
+use std::path::Path;
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// A config with services given as (name, image, depends_on).
+fn config(services: &[(&str, &str, &[&str])]) -> Config {
+    let mut src = String::from("[supervisor]\nproject = \"p\"\n");
+    for (name, image, deps) in services {
+        let deps: Vec<String> = deps.iter().map(|d| format!("{d:?}")).collect();
+        src.push_str(&format!(
+            "[services.{name}]\nimage = {image:?}\nvolumes = [\"{name}data:/data\"]\ndepends_on = [{}]\n",
+            deps.join(", ")
+        ));
+    }
+    berth_config::parse_str(Path::new("t.toml"), &src, &|_| None).expect("valid test config")
+}
+
+fn stack() -> Config {
+    config(&[
+        ("postgres", "pg:16", &[]),
+        ("redis", "redis:7", &[]),
+        ("bot", "bot:1", &["postgres", "redis"]),
+    ])
+}
+
+fn container(cfg: &Config, svc: &str, id: &str, running: bool) -> ObservedContainer {
+    ObservedContainer {
+        id: id.into(),
+        name: cfg.container_name(svc),
+        service: svc.into(),
+        spec_hash: cfg.services[svc].spec_hash(),
+        running,
+    }
+}
+
+fn infra(cfg: &Config) -> Observed {
+    Observed {
+        networks: [cfg.network_name()].into(),
+        volumes: cfg.volume_names().into_iter().collect(),
+        containers: vec![],
+    }
+}
+
+fn up(cfg: &Config) -> Observed {
+    let mut o = infra(cfg);
+    for (i, s) in cfg.services.keys().enumerate() {
+        o.containers
+            .push(container(cfg, s, &format!("id{i}"), true));
+    }
+    o
+}
+
+fn lines(actions: &[Action]) -> Vec<String> {
+    actions.iter().map(|a| a.to_string()).collect()
+}
+
+#[test]
+fn from_nothing_creates_everything_in_dependency_order() {
+    let cfg = stack();
+    let got = lines(&plan(&cfg, &Observed::default(), &Held::new()));
+    assert_eq!(
+        got,
+        vec![
+            "create network p",
+            "create volume p-botdata",
+            "create volume p-postgresdata",
+            "create volume p-redisdata",
+            "create container for postgres: no container",
+            "start postgres",
+            "create container for redis: no container",
+            "start redis",
+            "create container for bot: no container",
+            "start bot",
+        ]
+    );
+}
+
+#[test]
+fn matching_running_stack_is_adopted_untouched() {
+    let cfg = stack();
+    assert_eq!(plan(&cfg, &up(&cfg), &Held::new()), vec![]);
+}
+
+#[test]
+fn stopped_container_with_same_spec_is_started_not_recreated() {
+    let cfg = stack();
+    let mut o = up(&cfg);
+    o.containers[0].running = false; // bot
+    assert_eq!(lines(&plan(&cfg, &o, &Held::new())), vec!["start bot"]);
+}
+
+#[test]
+fn held_service_is_left_alone() {
+    let cfg = stack();
+    let mut o = up(&cfg);
+    o.containers.retain(|c| c.service != "bot");
+    assert_eq!(
+        plan(&cfg, &o, &["bot".to_string()].into()),
+        vec![],
+        "not even created"
+    );
+}
+
+#[test]
+fn held_service_is_not_started() {
+    let cfg = stack();
+    let mut o = up(&cfg);
+    o.containers[0].running = false;
+    assert_eq!(plan(&cfg, &o, &["bot".to_string()].into()), vec![]);
+}
+
+#[test]
+fn changed_image_recreates_only_that_service() {
+    let old = stack();
+    let new = config(&[
+        ("postgres", "pg:16", &[]),
+        ("redis", "redis:7", &[]),
+        ("bot", "bot:2", &["postgres", "redis"]),
+    ]);
+    let got = plan(&new, &up(&old), &Held::new());
+    let from = old.services["bot"].spec_hash();
+    let to = new.services["bot"].spec_hash();
+    assert_eq!(
+        lines(&got),
+        vec![
+            format!("remove container p-bot of bot: spec changed ({from} -> {to})"),
+            format!("create container for bot: spec changed ({from} -> {to})"),
+            "start bot".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn removed_service_loses_its_container_but_not_its_volume() {
+    let old = stack();
+    let new = config(&[("postgres", "pg:16", &[]), ("bot", "bot:1", &["postgres"])]);
+    let got = plan(&new, &up(&old), &Held::new());
+    // bot's spec is unchanged by losing a dependency: depends_on is not container shape.
+    assert_eq!(
+        lines(&got),
+        vec!["remove container p-redis of redis: service no longer in the file"]
+    );
+}
+
+#[test]
+fn duplicates_are_removed_keeping_the_running_match() {
+    let cfg = stack();
+    let mut o = up(&cfg);
+    let mut dup = container(&cfg, "redis", "zzz", false);
+    dup.name = "p-redis-old".into();
+    o.containers.push(dup);
+    assert_eq!(
+        lines(&plan(&cfg, &o, &Held::new())),
+        vec!["remove container p-redis-old of redis: duplicate container for the service"]
+    );
+}
+
+#[test]
+fn missing_volume_and_network_are_created_even_when_containers_run() {
+    let cfg = stack();
+    let mut o = up(&cfg);
+    o.networks.clear();
+    o.volumes.remove("p-redisdata");
+    assert_eq!(
+        lines(&plan(&cfg, &o, &Held::new())),
+        vec!["create network p", "create volume p-redisdata"]
+    );
+}
+
+/// Executes actions against an in-memory engine, as the real executor does.
+fn apply(cfg: &Config, mut o: Observed, actions: &[Action]) -> Observed {
+    let mut next_id = 1000;
+    for a in actions {
+        match a {
+            Action::CreateNetwork { name } => {
+                o.networks.insert(name.clone());
+            }
+            Action::CreateVolume { name } => {
+                o.volumes.insert(name.clone());
+            }
+            Action::RemoveContainer { id, .. } => o.containers.retain(|c| &c.id != id),
+            Action::CreateContainer { service, .. } => {
+                next_id += 1;
+                o.containers
+                    .push(container(cfg, service, &format!("new{next_id}"), false));
+            }
+            Action::StartContainer { service } => {
+                for c in o.containers.iter_mut().filter(|c| &c.service == service) {
+                    c.running = true;
+                }
+            }
+        }
+    }
+    o
+}
+
+const NAMES: [&str; 4] = ["postgres", "redis", "bot", "worker"];
+const IMAGES: [&str; 3] = ["a:1", "a:2", "b:1"];
+
+/// A config with a random subset of services (each may depend on earlier ones).
+fn arb_config() -> impl Strategy<Value = Config> {
+    proptest::collection::vec((any::<bool>(), 0..IMAGES.len(), any::<u8>()), NAMES.len()).prop_map(
+        |picks| {
+            let mut chosen: Vec<(&str, &str, Vec<&str>)> = Vec::new();
+            for (i, (on, img, deps)) in picks.iter().enumerate() {
+                if !on {
+                    continue;
+                }
+                let d: Vec<&str> = chosen
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| deps & (1 << j) != 0)
+                    .map(|(_, c)| c.0)
+                    .collect();
+                chosen.push((NAMES[i], IMAGES[*img], d));
+            }
+            let refs: Vec<(&str, &str, &[&str])> = chosen
+                .iter()
+                .map(|(n, i, d)| (*n, *i, d.as_slice()))
+                .collect();
+            config(&refs)
+        },
+    )
+}
+
+/// Whatever another config (or a crash) left behind: some containers, running or not,
+/// possibly several per service.
+fn arb_observed() -> impl Strategy<Value = Observed> {
+    (
+        arb_config(),
+        any::<bool>(),
+        proptest::collection::vec((0..NAMES.len(), any::<bool>(), any::<bool>()), 0..6),
+    )
+        .prop_map(|(other, net, cs)| {
+            let mut o = Observed::default();
+            if net {
+                o.networks.insert("p".into());
+            }
+            for (i, (svc, running, from_other)) in cs.into_iter().enumerate() {
+                let name = NAMES[svc];
+                let hash = match other.services.get(name) {
+                    Some(s) if from_other => s.spec_hash(),
+                    _ => format!("stale{i}"),
+                };
+                o.containers.push(ObservedContainer {
+                    id: format!("c{i}"),
+                    name: format!("p-{name}"),
+                    service: name.into(),
+                    spec_hash: hash,
+                    running,
+                });
+            }
+            o
+        })
+}
+
+proptest! {
+    #[test]
+    fn planning_after_applying_a_plan_yields_nothing(cfg in arb_config(), observed in arb_observed()) {
+        let first = plan(&cfg, &observed, &Held::new());
+        let after = apply(&cfg, observed, &first);
+        prop_assert_eq!(plan(&cfg, &after, &Held::new()), vec![]);
+        // And the result is exactly one running container per service.
+        for svc in cfg.services.keys() {
+            let n = after.containers.iter().filter(|c| &c.service == svc && c.running).count();
+            prop_assert_eq!(n, 1, "service {}", svc);
+        }
+        prop_assert_eq!(after.containers.len(), cfg.services.len());
+    }
+
+    #[test]
+    fn dependencies_start_before_dependants(cfg in arb_config()) {
+        let actions = plan(&cfg, &Observed::default(), &Held::new());
+        let pos = |s: &str| actions.iter().position(|a| matches!(a, Action::StartContainer { service } if service == s));
+        for (name, svc) in &cfg.services {
+            for d in &svc.depends_on {
+                prop_assert!(pos(d) < pos(name), "{} before {}", d, name);
+            }
+        }
+    }
+}
+
+#[test]
+fn dependants_come_dependants_first() {
+    let cfg = config(&[
+        ("db", "pg", &[]),
+        ("cache", "redis", &[]),
+        ("api", "api", &["db"]),
+        ("bot", "bot", &["api", "cache"]),
+    ]);
+    assert_eq!(dependants(&cfg, "db"), vec!["bot", "api"]);
+    assert_eq!(dependants(&cfg, "cache"), vec!["bot"]);
+    assert!(dependants(&cfg, "bot").is_empty());
+}

@@ -1,0 +1,213 @@
+//! `berth run`: the daemon's start-up, its tasks, signals, and shutdown.
+//!
+//! Start-up builds the shared [`Hub`] with the config in force (the file plus deployed
+//! images), starts one task per job and waits. Every task is joined: if one ends or
+//! panics, berth exits non-zero so that systemd restarts it (and adoption takes over).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use berth_config::Config;
+use berth_core::deploy::DeployState;
+use berth_engine::{DockerEngine, Engine};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::hub::Hub;
+use crate::io::statefile;
+use crate::notify;
+use crate::serve::{admin, http};
+use crate::tasks::backups::Backups;
+use crate::tasks::deployer::Deployer;
+use crate::tasks::reconciler::Reconciler;
+use crate::tasks::restarter::Restarter;
+use crate::tasks::{alerts, offsite, prober, resources};
+
+/// How long the HTTP server gets to finish its answers at shutdown.
+const HTTP_DRAIN: Duration = Duration::from_secs(2);
+
+pub async fn run(file: Config, path: PathBuf) -> anyhow::Result<()> {
+    info!(config = %file.path.display(), project = %file.supervisor.project, services = file.services.len(), "berth starting");
+    let state_dir = file.supervisor.state_dir.clone();
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating state_dir {}", state_dir.display()))?;
+    let listener = http::bind(file.supervisor.health_listen).await?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+
+    // Connects on first use: while the engine is down berth still serves /health and
+    // alerts, and converges as soon as it answers.
+    let engine: Arc<dyn Engine> = Arc::new(DockerEngine::lazy(&DockerEngine::default_socket()));
+    let admin_path = file.supervisor.admin_socket.clone();
+    let admin_listener = admin::bind(&admin_path).await?;
+    // Present while berth runs; found at start-up, the last berth did not stop cleanly.
+    let marker = state_dir.join("running");
+    let unclean = marker.exists();
+    if unclean {
+        info!("the previous berth did not stop cleanly");
+    }
+    std::fs::write(&marker, std::process::id().to_string())
+        .with_context(|| format!("writing {}", marker.display()))?;
+
+    let mut deploys = statefile::load_deploys(&state_dir).unwrap_or_else(|e| {
+        warn!(error = %format!("{e:#}"), "starting with an empty deploy state");
+        DeployState::default()
+    });
+    let (cfg, dropped) = deploys.apply(file.clone());
+    if dropped && let Err(e) = statefile::save_deploys(&state_dir, &deploys) {
+        warn!(error = %format!("{e:#}"), "saving the deploy state");
+    }
+    let on_stop = cfg.supervisor.on_stop;
+    let hub = Hub::new(engine, cfg);
+    let offsite_wake = Arc::new(Notify::new());
+    let backups = Backups::new(hub.clone(), offsite_wake.clone());
+    let deployer = Deployer::new(hub.clone(), backups.clone(), file, deploys);
+    let (restarter, restarter_task) = Restarter::start(hub.clone());
+    let reconciler = Reconciler::new(hub.clone(), restarter.clone(), deployer.clone());
+
+    let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
+    let (first_tx, mut first_rx) = tokio::sync::oneshot::channel();
+    let mut tasks: JoinSet<&'static str> = JoinSet::new();
+    tasks.spawn(named("reconciler", reconciler.run(first_tx)));
+    tasks.spawn(joined("restarter", restarter_task));
+    tasks.spawn(joined("prober", prober::start(hub.clone(), restarter)));
+    tasks.spawn(named("deployer", deployer.clone().run()));
+    tasks.spawn(named("backups", backups.clone().run()));
+    tasks.spawn(named(
+        "off-site copies",
+        offsite::run(hub.clone(), offsite_wake),
+    ));
+    tasks.spawn(named("resources", resources::run(hub.clone())));
+    tasks.spawn(named("alerts", alerts::run(hub.clone(), unclean)));
+    tasks.spawn(named("status", status_loop(hub.clone())));
+    let admin = admin::Admin {
+        backups: backups.clone(),
+        deployer: deployer.clone(),
+    };
+    tasks.spawn(async move {
+        if let Err(e) = admin::serve(admin_listener, admin).await {
+            error!(error = %e, "admin socket failed");
+        }
+        "admin socket"
+    });
+    let mut http_shutdown = shutdown_rx.clone();
+    let snapshots = hub.subscribe();
+    let http = tokio::spawn(http::serve(listener, snapshots, async move {
+        let _ = http_shutdown.wait_for(|s| *s).await;
+    }));
+
+    let mut ready = false;
+    let watchdog = notify::watchdog_interval();
+    let mut wd_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let summary = |hub: &Hub| hub.read(|s| s.summary(SystemTime::now()));
+    let outcome = loop {
+        tokio::select! {
+            _ = &mut first_rx, if !ready => {
+                ready = true;
+                let summary = summary(&hub);
+                info!(status = %summary, "first convergence done");
+                notify::ready(&summary);
+            }
+            _ = wd_tick.tick(), if watchdog.is_some() => notify::watchdog(),
+            _ = hup.recv() => {
+                notify::reloading();
+                match berth_config::load(&path) {
+                    Ok(new) => {
+                        info!(config = %path.display(), "reloaded config");
+                        deployer.reload(new);
+                    }
+                    Err(errs) => {
+                        error!(error = %errs, "reload rejected; keeping the running config");
+                        hub.update(|s| s.config.error = Some(errs.to_string()));
+                    }
+                }
+                notify::ready(&summary(&hub));
+            }
+            Some(ended) = tasks.join_next() => {
+                // A core task never ends while berth runs: supervising without it would
+                // be a lie. Exit non-zero so systemd restarts berth.
+                break match ended {
+                    Ok(name) => Err(anyhow::anyhow!("the {name} task stopped unexpectedly")),
+                    Err(e) if e.is_panic() => Err(anyhow::anyhow!("a task panicked: {}", panic_text(e.into_panic()))),
+                    Err(e) => Err(anyhow::anyhow!("a task was cancelled: {e}")),
+                };
+            }
+            _ = term.recv() => break Ok(()),
+            _ = int.recv() => break Ok(()),
+        }
+    };
+    info!("stopping");
+    notify::stopping();
+    tasks.shutdown().await;
+    if outcome.is_ok() && on_stop == berth_config::OnStop::Stop {
+        stop_all(&hub).await;
+    }
+    let _ = shutdown_tx.send(true);
+    let _ = shutdown_rx.borrow_and_update();
+    let _ = tokio::time::timeout(HTTP_DRAIN, http).await;
+    let _ = std::fs::remove_file(&admin_path);
+    if outcome.is_ok() {
+        // Only a clean stop clears the marker: after a crash the next start says so.
+        let _ = std::fs::remove_file(&marker);
+        info!("stopped");
+    }
+    outcome
+}
+
+/// A task's future that answers its name when it ends.
+async fn named(name: &'static str, f: impl std::future::Future<Output = ()>) -> &'static str {
+    f.await;
+    name
+}
+
+/// A task spawned elsewhere, joined under its name; its panic is passed on.
+async fn joined(name: &'static str, h: tokio::task::JoinHandle<()>) -> &'static str {
+    if let Err(e) = h.await
+        && let Ok(p) = e.try_into_panic()
+    {
+        std::panic::resume_unwind(p);
+    }
+    name
+}
+
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// Sends systemd a STATUS= line whenever the one-line summary changes.
+async fn status_loop(hub: Arc<Hub>) {
+    let mut rx = hub.subscribe();
+    let mut last = String::new();
+    loop {
+        let summary = rx.borrow_and_update().summary(SystemTime::now());
+        if summary != last {
+            notify::status(&summary);
+            last = summary;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// On shutdown with `on_stop = "stop"`: stop containers, dependants first.
+async fn stop_all(hub: &Hub) {
+    let cfg = hub.config();
+    for name in cfg.start_order().into_iter().rev() {
+        if let (Some(id), Some(svc)) = (hub.current_container(&name), cfg.services.get(&name)) {
+            info!(service = %name, "stopping");
+            hub.expect_stop(&id);
+            if let Err(e) = hub.engine.stop_container(&id, svc.stop_grace_period).await {
+                warn!(service = %name, error = %e, "stop failed");
+            }
+        }
+    }
+}

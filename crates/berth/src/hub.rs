@@ -1,0 +1,232 @@
+//! The few handles every task shares, and nothing else: the engine, the config in force,
+//! the snapshot they publish into, holds on services, the stops berth expects, and the
+//! trigger for a convergence pass. No decisions live here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use berth_config::Config;
+use berth_core::Held;
+use berth_core::snapshot::{ServiceStatus, Snapshot};
+use berth_engine::Engine;
+use tokio::sync::{Notify, watch};
+
+/// The monotonic clock the daemon's decisions get as `now`: tokio's, so tests under
+/// `tokio::time::pause()` move it.
+pub fn mono_now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// A stop berth asked for is forgotten after this long if its `die` never came (the
+/// container was already stopped).
+const EXPECTED_STOP_TTL: Duration = Duration::from_secs(600);
+
+pub struct Hub {
+    pub engine: Arc<dyn Engine>,
+    config: watch::Sender<Arc<Config>>,
+    snap: watch::Sender<Snapshot>,
+    holds: Mutex<BTreeMap<String, usize>>,
+    /// Containers berth itself is stopping or removing: their `die` is not a crash.
+    expected_stops: Mutex<HashMap<String, Instant>>,
+    reconcile: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data behind these locks stays consistent across a panic (single assignments).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    /// `cfg` is the config in force (the file's, deployed images in place).
+    pub fn new(engine: Arc<dyn Engine>, cfg: Config) -> Arc<Self> {
+        let mut snap = Snapshot::new(SystemTime::now());
+        snap.config.generation = 1;
+        for (name, svc) in &cfg.services {
+            snap.services
+                .insert(name.clone(), ServiceStatus::new(&svc.image));
+        }
+        Arc::new(Hub {
+            engine,
+            config: watch::channel(Arc::new(cfg)).0,
+            snap: watch::channel(snap).0,
+            holds: Mutex::new(BTreeMap::new()),
+            expected_stops: Mutex::new(HashMap::new()),
+            reconcile: Notify::new(),
+        })
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
+
+    /// Follows the config in force (reloads, deploys).
+    pub fn config_changes(&self) -> watch::Receiver<Arc<Config>> {
+        self.config.subscribe()
+    }
+
+    /// A new config in force; the snapshot follows its services.
+    pub fn set_config(&self, cfg: Config) {
+        self.update(|s| {
+            s.services.retain(|name, _| cfg.services.contains_key(name));
+            for (name, svc) in &cfg.services {
+                s.services
+                    .entry(name.clone())
+                    .or_insert_with(|| ServiceStatus::new(&svc.image))
+                    .image = svc.image.clone();
+            }
+        });
+        self.config.send_replace(Arc::new(cfg));
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.snap.subscribe()
+    }
+
+    /// Reads the snapshot (never across an await).
+    pub fn read<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> R {
+        f(&self.snap.borrow())
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        self.snap.send_modify(f);
+    }
+
+    pub fn update_service(&self, name: &str, f: impl FnOnce(&mut ServiceStatus)) {
+        self.snap.send_modify(|s| {
+            if let Some(st) = s.services.get_mut(name) {
+                f(st);
+            }
+        });
+    }
+
+    /// The container berth currently runs for `service`, if any.
+    pub fn current_container(&self, service: &str) -> Option<String> {
+        self.read(|s| s.services.get(service)?.container_id.clone())
+    }
+
+    pub fn request_reconcile(&self) {
+        self.reconcile.notify_one();
+    }
+
+    pub async fn reconcile_requested(&self) {
+        self.reconcile.notified().await
+    }
+
+    /// Holds `services` until the returned guard drops: no convergence, restart or probe
+    /// touches them meanwhile. Holds count: two owners holding one service both have to
+    /// let go. Letting go asks for a convergence pass.
+    pub fn hold<I, S>(self: &Arc<Self>, services: I) -> Hold
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let services: Vec<String> = services.into_iter().map(Into::into).collect();
+        let mut h = lock(&self.holds);
+        for s in &services {
+            *h.entry(s.clone()).or_default() += 1;
+        }
+        Hold {
+            hub: self.clone(),
+            services,
+        }
+    }
+
+    pub fn held(&self) -> Held {
+        lock(&self.holds).keys().cloned().collect()
+    }
+
+    pub fn is_held(&self, service: &str) -> bool {
+        lock(&self.holds).contains_key(service)
+    }
+
+    /// berth is about to stop or remove container `id`: its `die` is no crash.
+    pub fn expect_stop(&self, id: &str) {
+        let now = mono_now();
+        let mut e = lock(&self.expected_stops);
+        e.retain(|_, at| now.saturating_duration_since(*at) < EXPECTED_STOP_TTL);
+        e.insert(id.to_string(), now);
+    }
+
+    /// Whether the `die` of `id` was expected (forgets it).
+    pub fn take_expected_stop(&self, id: &str) -> bool {
+        lock(&self.expected_stops).remove(id).is_some()
+    }
+}
+
+/// A hold on some services; released on drop, whatever path the owner leaves by.
+#[must_use = "a hold is released as soon as it is dropped"]
+pub struct Hold {
+    hub: Arc<Hub>,
+    services: Vec<String>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        {
+            let mut h = lock(&self.hub.holds);
+            for s in &self.services {
+                if let Some(n) = h.get_mut(s) {
+                    *n -= 1;
+                    if *n == 0 {
+                        h.remove(s);
+                    }
+                }
+            }
+        }
+        self.hub.request_reconcile();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> Arc<Hub> {
+        let cfg = berth_config::parse_str(
+            std::path::Path::new("t.toml"),
+            "[supervisor]\nproject = \"p\"\n[services.bot]\nimage = \"bot:1\"\n",
+            &|_| None,
+        )
+        .expect("config");
+        Hub::new(berth_engine::fake::FakeEngine::new(), cfg)
+    }
+
+    #[tokio::test]
+    async fn holds_count_per_owner_and_end_on_drop() {
+        let hub = hub();
+        let a = hub.hold(["bot"]);
+        let b = hub.hold(["bot", "db"]);
+        assert!(hub.is_held("bot") && hub.is_held("db"));
+        drop(a);
+        assert!(hub.is_held("bot"), "the other owner still holds it");
+        drop(b);
+        assert!(hub.held().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_hold_ends_when_its_owner_errs_out() {
+        let hub = hub();
+        let op = async {
+            let _h = hub.hold(["bot"]);
+            anyhow::bail!("failed half-way")
+        };
+        let r: anyhow::Result<()> = op.await;
+        assert!(r.is_err());
+        assert!(!hub.is_held("bot"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expected_stops_are_forgotten_when_their_die_never_comes() {
+        let hub = hub();
+        hub.expect_stop("a");
+        assert!(hub.take_expected_stop("a"));
+        assert!(!hub.take_expected_stop("a"));
+        hub.expect_stop("b");
+        tokio::time::advance(EXPECTED_STOP_TTL + Duration::from_secs(1)).await;
+        hub.expect_stop("c");
+        assert!(!hub.take_expected_stop("b"), "pruned");
+        assert!(hub.take_expected_stop("c"));
+    }
+}

@@ -1,0 +1,177 @@
+//! Readiness probes, run from the host against the container's address on the project
+//! network (no published port needed), or inside the container for `exec`.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use berth_config::{Probe, ProbeKind};
+use berth_core::snapshot::ProbeView;
+use berth_engine::Engine;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeResult {
+    pub ok: bool,
+    pub latency: Duration,
+    pub at: std::time::SystemTime,
+    /// Why it failed; never contains a secret.
+    pub error: Option<String>,
+}
+
+impl ProbeResult {
+    /// As `/health` shows it.
+    pub fn view(&self) -> ProbeView {
+        ProbeView::new(self.ok, self.latency, self.at, self.error.clone())
+    }
+}
+
+/// Runs one probe with its timeout.
+pub async fn run(
+    engine: &dyn Engine,
+    probe: &Probe,
+    container_id: &str,
+    ip: Option<IpAddr>,
+) -> ProbeResult {
+    let start = Instant::now();
+    let at = std::time::SystemTime::now();
+    let outcome = tokio::time::timeout(probe.timeout, check(engine, &probe.kind, container_id, ip))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "timed out after {}",
+                humantime::format_duration(probe.timeout)
+            ))
+        });
+    ProbeResult {
+        ok: outcome.is_ok(),
+        latency: start.elapsed(),
+        at,
+        error: outcome.err(),
+    }
+}
+
+async fn check(
+    engine: &dyn Engine,
+    kind: &ProbeKind,
+    container_id: &str,
+    ip: Option<IpAddr>,
+) -> Result<(), String> {
+    let need_ip =
+        || ip.ok_or_else(|| "container has no address on the project network".to_string());
+    match kind {
+        ProbeKind::Postgres {
+            user,
+            database,
+            password,
+            port,
+        } => {
+            use sqlx::{Connection, postgres::PgConnectOptions};
+            let mut opts = PgConnectOptions::new()
+                .host(&need_ip()?.to_string())
+                .port(*port)
+                .username(user)
+                .database(database);
+            if let Some(p) = password {
+                opts = opts.password(&p.value);
+            }
+            // The error text of a failed login never includes the password.
+            let mut conn = sqlx::PgConnection::connect_with(&opts)
+                .await
+                .map_err(|e| format!("postgres: {e}"))?;
+            let r = sqlx::query("SELECT 1")
+                .execute(&mut conn)
+                .await
+                .map_err(|e| format!("postgres: {e}"));
+            let _ = conn.close().await;
+            r.map(|_| ())
+        }
+        ProbeKind::Redis { password, port } => {
+            let ip = need_ip()?;
+            use redis::IntoConnectionInfo;
+            let info = redis::ConnectionAddr::Tcp(ip.to_string(), *port)
+                .into_connection_info()
+                .map_err(|e| format!("redis: {e}"))?;
+            let info = match password {
+                Some(p) => info.set_redis_settings(
+                    redis::RedisConnectionInfo::default().set_password(&p.value),
+                ),
+                None => info,
+            };
+            let client = redis::Client::open(info).map_err(|e| format!("redis: {e}"))?;
+            let mut con = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| format!("redis: {e}"))?;
+            let pong: String = redis::cmd("PING")
+                .query_async(&mut con)
+                .await
+                .map_err(|e| format!("redis: {e}"))?;
+            if pong == "PONG" {
+                Ok(())
+            } else {
+                Err(format!("redis: PING answered {pong:?}"))
+            }
+        }
+        ProbeKind::Http { port, path } => {
+            let url = format!("http://{}:{port}{path}", need_ip()?);
+            let resp = http_client()
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| format!("http: GET {path}: {}", without_url(&e)))?;
+            if resp.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!("http: GET {path} answered {}", resp.status()))
+            }
+        }
+        ProbeKind::Tcp { port } => tokio::net::TcpStream::connect((need_ip()?, *port))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("tcp: connect to port {port}: {e}")),
+        ProbeKind::Exec { command } => {
+            let r = engine
+                .exec(container_id, command)
+                .await
+                .map_err(|e| format!("exec: {e}"))?;
+            if r.exit_code == 0 {
+                Ok(())
+            } else {
+                let err = String::from_utf8_lossy(&r.stderr);
+                let tail: String = err
+                    .trim()
+                    .chars()
+                    .rev()
+                    .take(200)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                Err(format!("exec: exit code {}: {tail}", r.exit_code))
+            }
+        }
+    }
+}
+
+fn http_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap_or_default()
+    })
+}
+
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(u) = e.url() {
+        s = s.replace(u.as_str(), "");
+    }
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s = format!("{s}: {inner}");
+        src = inner.source();
+    }
+    s
+}

@@ -1,0 +1,110 @@
+//! Config → engine terms: what a service's container looks like, and what the engine has.
+
+use std::collections::BTreeMap;
+
+use berth_config::{Config, Service, VolumeSource};
+use berth_core::deploy::Role;
+use berth_core::{LABEL_PROJECT, LABEL_SERVICE, LABEL_SPEC_HASH, ObservedContainer};
+use berth_engine::{ContainerSpec, Engine, Port};
+
+/// Labels on networks and volumes of a project.
+pub fn project_labels(cfg: &Config) -> BTreeMap<String, String> {
+    BTreeMap::from([(LABEL_PROJECT.to_string(), cfg.supervisor.project.clone())])
+}
+
+pub fn container_spec(cfg: &Config, svc: &Service) -> ContainerSpec {
+    let mut labels = project_labels(cfg);
+    labels.insert(LABEL_SERVICE.into(), svc.name.clone());
+    labels.insert(LABEL_SPEC_HASH.into(), svc.spec_hash());
+    let binds = svc
+        .volumes
+        .iter()
+        .map(|v| {
+            let src = match &v.source {
+                VolumeSource::Named(n) => cfg.volume_name(n),
+                VolumeSource::Bind(p) => p.display().to_string(),
+            };
+            let mode = if v.read_only { ":ro" } else { "" };
+            format!("{src}:{}{mode}", v.target)
+        })
+        .collect();
+    ContainerSpec {
+        name: cfg.container_name(&svc.name),
+        image: svc.image.clone(),
+        cmd: svc
+            .command
+            .as_ref()
+            .map(|c| c.iter().map(|w| w.value.clone()).collect()),
+        entrypoint: svc
+            .entrypoint
+            .as_ref()
+            .map(|c| c.iter().map(|w| w.value.clone()).collect()),
+        user: svc.user.clone(),
+        env: svc.env_list(),
+        labels,
+        network: Some((cfg.network_name(), vec![svc.name.clone()])),
+        binds,
+        ports: svc
+            .ports
+            .iter()
+            .map(|p| Port {
+                host_ip: p.host_ip,
+                host_port: p.host_port,
+                container_port: p.container_port,
+                protocol: p.protocol.clone(),
+            })
+            .collect(),
+        memory_bytes: svc.memory.map(|m| m as i64),
+        nano_cpus: svc.cpus.map(|c| (c * 1e9) as i64),
+        pids_limit: svc.pids_limit,
+        read_only: svc.read_only,
+        tmpfs: svc
+            .tmpfs
+            .iter()
+            .map(|t| (t.clone(), "rw,nosuid,nodev,size=64m".to_string()))
+            .collect(),
+        log_max_size: Some(svc.logs.max_size),
+        log_max_files: Some(svc.logs.max_files),
+        stop_timeout: Some(svc.stop_grace_period),
+    }
+}
+
+/// What the engine has of this project.
+pub async fn observe(
+    engine: &dyn Engine,
+    cfg: &Config,
+) -> berth_engine::Result<berth_core::Observed> {
+    let project = &cfg.supervisor.project;
+    let (networks, volumes, containers) = tokio::try_join!(
+        engine.networks(LABEL_PROJECT, project),
+        engine.volumes(LABEL_PROJECT, project),
+        engine.containers(LABEL_PROJECT, project),
+    )?;
+    let containers = containers
+        .into_iter()
+        // A deploy's rollback target, its new container while it is `.next`, and one
+        // mid-rollback are not the service's container.
+        .filter(|c| {
+            let base = c
+                .labels
+                .get(LABEL_SERVICE)
+                .map(|s| cfg.container_name(s))
+                .unwrap_or_default();
+            matches!(Role::of(&base, &c.name), Some(Role::Current) | None)
+        })
+        .filter_map(|c| {
+            Some(ObservedContainer {
+                service: c.labels.get(LABEL_SERVICE)?.clone(),
+                spec_hash: c.labels.get(LABEL_SPEC_HASH).cloned().unwrap_or_default(),
+                id: c.id,
+                name: c.name,
+                running: c.running,
+            })
+        })
+        .collect();
+    Ok(berth_core::Observed {
+        networks,
+        volumes,
+        containers,
+    })
+}

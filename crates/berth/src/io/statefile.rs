@@ -1,0 +1,90 @@
+//! berth's own state files in `state_dir`, written atomically and durably: a temp file
+//! (mode 0600), fsync, rename, fsync of the folder.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use berth_core::deploy::DeployState;
+
+fn deploys_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("deploys.json")
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old or the new content.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.partial"));
+    let r = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r.with_context(|| format!("writing {}", path.display()))
+}
+
+/// The deploy state; a missing file is an empty state.
+pub fn load_deploys(state_dir: &Path) -> anyhow::Result<DeployState> {
+    let path = deploys_path(state_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DeployState::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+pub fn save_deploys(state_dir: &Path, d: &DeployState) -> anyhow::Result<()> {
+    write_atomic(
+        &deploys_path(state_dir),
+        serde_json::to_string_pretty(d)?.as_bytes(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploy_state_round_trips_and_damage_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(
+            load_deploys(dir.path()).expect("empty"),
+            DeployState::default()
+        );
+        let mut d = DeployState::default();
+        d.overrides.insert(
+            "bot".into(),
+            berth_core::deploy::Override {
+                image: "bot:2".into(),
+                file_image: "bot:1".into(),
+                pending: false,
+            },
+        );
+        save_deploys(dir.path(), &d).expect("save");
+        assert_eq!(load_deploys(dir.path()).expect("load"), d);
+        std::fs::write(dir.path().join("deploys.json"), "{\"overrides\": {").expect("write");
+        assert!(load_deploys(dir.path()).is_err());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["deploys.json"], "no temp file left");
+    }
+}

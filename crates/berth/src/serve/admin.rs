@@ -1,0 +1,132 @@
+//! The admin socket: a unix socket (mode 0600) through which mutating CLI commands ask
+//! the running daemon to act, so the daemon never fights what they do (it would restart a
+//! bot that `restore` stopped). Plain HTTP/1.0 over the socket; bodies are the types of
+//! [`crate::api`].
+//!
+//! Each operation runs in a task of its own: a client that disconnects mid-deploy drops
+//! only the wait for the answer, never the deploy.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::api::{DeployRequest, Meta, Reply, RestoreRequest, RollbackRequest};
+use crate::tasks::backups::Backups;
+use crate::tasks::deployer::{Deployer, Turn};
+use berth_core::deploy::Record;
+
+/// What the admin socket acts on.
+#[derive(Clone)]
+pub struct Admin {
+    pub backups: Arc<Backups>,
+    pub deployer: Arc<Deployer>,
+}
+
+pub async fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    }
+    // A socket left by a previous run that is not answering is stale.
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!("another berth is running: {} answers", path.display());
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot listen on admin socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: tokio::net::UnixListener, admin: Admin) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/backup", post(backup))
+        .route("/restore", post(restore))
+        .route("/deploy", post(deploy))
+        .route("/rollback", post(rollback))
+        .with_state(admin);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+type Answer<T> = (StatusCode, Json<Reply<T>>);
+
+/// Runs `op` in its own task and answers with its outcome.
+async fn detached<T, F>(op: F) -> Answer<T>
+where
+    T: Send + 'static,
+    F: Future<Output = anyhow::Result<T>> + Send + 'static,
+{
+    let r = match tokio::spawn(op).await {
+        Ok(r) => r,
+        Err(e) => Err(anyhow::anyhow!("the operation failed inside berth: {e}")),
+    };
+    let code = if r.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    (code, Json(Reply::from_result(r)))
+}
+
+async fn backup(State(a): State<Admin>) -> Answer<Meta> {
+    detached(async move { a.backups.backup_now().await }).await
+}
+
+async fn restore(State(a): State<Admin>, Json(req): Json<RestoreRequest>) -> Answer<Meta> {
+    detached(async move { a.backups.restore(&req.which).await }).await
+}
+
+async fn deploy(State(a): State<Admin>, Json(req): Json<DeployRequest>) -> Answer<Record> {
+    detached(async move {
+        a.deployer
+            .deploy(&req.service, &req.image, req.backup, Turn::Refuse)
+            .await
+    })
+    .await
+}
+
+async fn rollback(State(a): State<Admin>, Json(req): Json<RollbackRequest>) -> Answer<Record> {
+    detached(async move { a.deployer.rollback(&req.service, req.restore_db).await }).await
+}
+
+/// Asks the daemon: POSTs `body` to `path`. `None` when no daemon answers on the socket
+/// (work directly then).
+pub async fn request<B: Serialize, T: DeserializeOwned>(
+    socket: &Path,
+    path: &str,
+    body: &B,
+) -> Option<anyhow::Result<T>> {
+    let mut s = tokio::net::UnixStream::connect(socket).await.ok()?;
+    let r = async {
+        let body = serde_json::to_string(body)?;
+        s.write_all(
+            format!(
+                "POST {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        let text = String::from_utf8_lossy(&buf);
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let reply: Reply<T> = serde_json::from_str(body)
+            .map_err(|e| anyhow::anyhow!("the daemon answered something unexpected: {e}"))?;
+        reply.into_result()
+    };
+    Some(r.await)
+}

@@ -1,0 +1,655 @@
+//! The deployer: health-gated deploys for a long-polling bot — image present, pre-deploy
+//! backup, migration in a one-off container of the new image, stop the old container,
+//! start the new one, wait for healthy, else roll back to the old container (kept stopped
+//! as `<name>.previous`). With the default `stop-first` strategy there are never two
+//! containers of the service running at once; `start-first` (for services that tolerate
+//! overlap) starts the new one as `<name>.next` and stops the old once it is healthy.
+//!
+//! It owns the deploy state (`state_dir/deploys.json`): deployed images override the
+//! file's `image` until the file's own `image` changes, so it also decides the config in
+//! force and publishes it. A reload that changes an image queues a deploy of it, run by
+//! [`Deployer::run`] one after the other.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, bail};
+use berth_config::{Config, Service, Strategy};
+use berth_core::deploy::{DeployState, Outcome, Override, Record, Role, Step, Trigger};
+use berth_core::time::fmt_time;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::api::Meta;
+use crate::hub::{Hold, Hub};
+use crate::io::containers::{ensure_image, short, tail_logs};
+use crate::io::{backup, spec, statefile};
+use crate::tasks::backups::Backups;
+use crate::tasks::gate;
+
+/// How long a migration may run.
+const MIGRATION_LIMIT: Duration = Duration::from_secs(600);
+
+/// Whether a deploy that finds another one running is refused or waits its turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// `berth deploy`: a person asked; tell them at once.
+    Refuse,
+    /// A reload changed the image: it runs after whatever deploy is under way.
+    Wait,
+}
+
+/// A deploy a reload asked for, with the hold that keeps the planner off the service
+/// from the reload until the deploy ends.
+struct Queued {
+    service: String,
+    image: String,
+    _hold: Hold,
+}
+
+pub struct Deployer {
+    hub: Arc<Hub>,
+    backups: Arc<Backups>,
+    state: Mutex<DeployState>,
+    /// The file as loaded, before deployed images override it.
+    file: Mutex<Arc<Config>>,
+    /// One deploy or rollback at a time.
+    lock: tokio::sync::Mutex<()>,
+    queue: mpsc::UnboundedSender<Queued>,
+    queued: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
+    /// (service, image) queued and not finished: a second reload does not queue them again.
+    waiting: Mutex<BTreeSet<(String, String)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The service's settings, or an error naming it.
+fn service_config(cfg: &Config, service: &str) -> anyhow::Result<Service> {
+    cfg.services
+        .get(service)
+        .cloned()
+        .with_context(|| format!("no service {service:?} in the config"))
+}
+
+impl Deployer {
+    /// `file` is the config file as loaded, `state` the deploy state found on disk; the
+    /// hub already has the config in force ([`DeployState::apply`] of the two).
+    pub fn new(
+        hub: Arc<Hub>,
+        backups: Arc<Backups>,
+        file: Config,
+        state: DeployState,
+    ) -> Arc<Self> {
+        let (queue, rx) = mpsc::unbounded_channel();
+        hub.update(|s| s.deploy = state.latest());
+        Arc::new(Deployer {
+            hub,
+            backups,
+            state: Mutex::new(state),
+            file: Mutex::new(Arc::new(file)),
+            lock: tokio::sync::Mutex::new(()),
+            queue,
+            queued: Mutex::new(Some(rx)),
+            waiting: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    fn state_dir(&self) -> std::path::PathBuf {
+        self.hub.config().supervisor.state_dir.clone()
+    }
+
+    /// Changes the deploy state and saves it.
+    fn change<R>(&self, f: impl FnOnce(&mut DeployState) -> R) -> anyhow::Result<R> {
+        let mut d = lock(&self.state);
+        let r = f(&mut d);
+        statefile::save_deploys(&self.state_dir(), &d)?;
+        Ok(r)
+    }
+
+    /// Publishes the config in force: the file's, with deployed images in place.
+    fn publish_config(&self) {
+        let file = lock(&self.file).clone();
+        let (cfg, _) = lock(&self.state).apply((*file).clone());
+        self.hub.set_config(cfg);
+    }
+
+    /// Swaps in a new, already validated config file. Deployed images stay in place
+    /// unless the file changed that service's image; such a change goes through the
+    /// deploy flow (migration, health gate, rollback), so until it succeeds the running
+    /// image stays in force and the service is held.
+    pub fn reload(self: &Arc<Self>, file: Config) {
+        let running = self.hub.config();
+        let old_file = lock(&self.file).clone();
+        let changed = match self.change(|d| d.reload(&old_file, &running, &file)) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "saving the deploy state");
+                Vec::new()
+            }
+        };
+        // Held from now on: the planner must not recreate them for the file's other
+        // changes until their deploy is done.
+        let holds: Vec<(String, Hold)> = changed
+            .into_iter()
+            .map(|s| (s.clone(), self.hub.hold([s])))
+            .collect();
+        *lock(&self.file) = Arc::new(file);
+        self.publish_config();
+        self.hub.update(|s| {
+            s.config.generation += 1;
+            s.config.loaded_at = SystemTime::now();
+            s.config.error = None;
+        });
+        self.hub.request_reconcile();
+        self.queue_pending(holds);
+    }
+
+    /// Queues the deploys of every pending override; `holds` are those already held.
+    fn queue_pending(self: &Arc<Self>, mut holds: Vec<(String, Hold)>) {
+        let pending = lock(&self.state).pending();
+        for (service, image) in pending {
+            if !lock(&self.waiting).insert((service.clone(), image.clone())) {
+                continue;
+            }
+            let hold = match holds.iter().position(|(s, _)| *s == service) {
+                Some(i) => holds.swap_remove(i).1,
+                None => self.hub.hold([service.clone()]),
+            };
+            let _ = self.queue.send(Queued {
+                service,
+                image,
+                _hold: hold,
+            });
+        }
+    }
+
+    /// Runs the deploys reloads queue, one after the other, until the daemon stops.
+    pub async fn run(self: Arc<Self>) {
+        let Some(mut rx) = lock(&self.queued).take() else {
+            return;
+        };
+        while let Some(q) = rx.recv().await {
+            info!(service = %q.service, image = %q.image, "the config changed the image: deploying it");
+            if let Err(e) = self.deploy(&q.service, &q.image, true, Turn::Wait).await {
+                error!(service = %q.service, image = %q.image, error = %format!("{e:#}"), "deploy after reload failed");
+                // The old image stays, no longer pending.
+                if let Err(e) = self.change(|d| d.settle(&q.service, &q.image)) {
+                    warn!(error = %format!("{e:#}"), "saving the deploy state");
+                }
+            }
+            lock(&self.waiting).remove(&(q.service.clone(), q.image.clone()));
+        }
+    }
+
+    /// Records a deployed image as the service's image from now on.
+    fn set_override(&self, service: &str, image: &str) -> anyhow::Result<()> {
+        let file = lock(&self.file).clone();
+        let file_image = file
+            .services
+            .get(service)
+            .map(|s| s.image.clone())
+            .unwrap_or_default();
+        self.change(|d| {
+            d.overrides.insert(
+                service.to_string(),
+                Override {
+                    image: image.to_string(),
+                    file_image,
+                    pending: false,
+                },
+            )
+        })?;
+        self.publish_config();
+        Ok(())
+    }
+
+    fn record(&self, record: Record) -> anyhow::Result<()> {
+        let latest = self.change(|d| {
+            d.finish(record);
+            d.latest()
+        })?;
+        self.hub.update(|s| s.deploy = latest);
+        Ok(())
+    }
+
+    /// `berth deploy SERVICE IMAGE`: Ok when the new image runs healthy; Err when the
+    /// deploy was refused, aborted (old version untouched) or rolled back (with why).
+    pub async fn deploy(
+        &self,
+        service: &str,
+        image: &str,
+        backup: bool,
+        turn: Turn,
+    ) -> anyhow::Result<Record> {
+        let _one = match turn {
+            Turn::Refuse => match self.lock.try_lock() {
+                Ok(g) => g,
+                Err(_) => bail!("another deploy is running: wait for it to finish"),
+            },
+            Turn::Wait => self.lock.lock().await,
+        };
+        // A deploy waits for a running backup, and no backup starts during it.
+        let _backups = match self.backups.try_exclusive() {
+            Some(g) => g,
+            None => {
+                info!(service, "deploy waits for the running backup to finish");
+                self.backups.exclusive().await
+            }
+        };
+        let hub = &self.hub;
+        let started = Instant::now();
+        let cfg = hub.config();
+        let svc = service_config(&cfg, service)?;
+        let record =
+            |outcome: Outcome, interruption: Option<Duration>, reason: Option<String>| Record {
+                service: service.to_string(),
+                image: image.to_string(),
+                previous_image: svc.image.clone(),
+                at: fmt_time(SystemTime::now()),
+                outcome,
+                trigger: Trigger::Deploy,
+                duration_ms: started.elapsed().as_millis() as u64,
+                interruption_ms: interruption.map(|d| d.as_millis() as u64),
+                reason,
+            };
+        // Until a container changes, a failure leaves everything as it was.
+        if let Err(e) = self.prepare(&cfg, &svc, image, backup).await {
+            self.record(record(Outcome::Aborted, None, Some(format!("{e:#}"))))?;
+            return Err(e);
+        }
+
+        // From here the service is held: nothing else restarts or recreates it.
+        let hold = hub.hold([service]);
+        self.change(|d| d.in_flight = Some(record(Outcome::InFlight, None, None)))?;
+        let mut new_svc = svc.clone();
+        new_svc.image = image.to_string();
+        let name = cfg.container_name(service);
+        let previous_name = Role::Previous.name(&name);
+        let old = hub.current_container(service);
+        // The rollback target of the last deploy is parked until this one succeeds, so a
+        // failed deploy leaves `berth rollback` where it was.
+        let parked = Role::Parked.name(&name);
+        let _ = hub.engine.remove_container(&parked, true).await;
+        let had_previous = hub
+            .engine
+            .rename_container(&previous_name, &parked)
+            .await
+            .is_ok();
+        let start_first = svc.deploy.strategy == Strategy::StartFirst;
+        // When the old container stopped: the service is interrupted from then on.
+        let mut stopped_at: Option<Instant> = None;
+        let r = async {
+            if start_first {
+                // Overlap allowed: the new container must be healthy before the old stops.
+                let next = Role::Next.name(&name);
+                let _ = hub.engine.remove_container(&next, true).await;
+                let mut spec = spec::container_spec(&cfg, &new_svc);
+                spec.name = next.clone();
+                let new_id = hub.engine.create_container(&spec).await?;
+                if let Err(e) =
+                    gate::start_and_wait(hub, &new_svc, &new_id, svc.deploy.health_timeout).await
+                {
+                    hub.expect_stop(&new_id);
+                    let _ = hub.engine.remove_container(&new_id, true).await;
+                    return Err(e);
+                }
+                if let Some(old) = &old {
+                    hub.expect_stop(old);
+                    hub.engine
+                        .stop_container(old, svc.stop_grace_period)
+                        .await?;
+                    hub.engine.rename_container(old, &previous_name).await?;
+                }
+                hub.engine.rename_container(&new_id, &name).await?;
+                return anyhow::Ok(new_id);
+            }
+            if let Some(old) = &old {
+                hub.engine.rename_container(old, &previous_name).await?;
+            }
+            let new_id = hub
+                .engine
+                .create_container(&spec::container_spec(&cfg, &new_svc))
+                .await?;
+            // Stop-first: the old poller ends its poll before the new one starts.
+            if let Some(old) = &old {
+                hub.expect_stop(old);
+                hub.engine
+                    .stop_container(old, svc.stop_grace_period)
+                    .await?;
+                stopped_at = Some(Instant::now());
+            }
+            gate::start_and_wait(hub, &new_svc, &new_id, svc.deploy.health_timeout).await?;
+            anyhow::Ok(new_id)
+        }
+        .await;
+        let (outcome, reason) = match r {
+            Ok(new_id) => {
+                info!(service, image, container = %short(&new_id), "deployed");
+                if had_previous {
+                    let _ = hub.engine.remove_container(&parked, true).await;
+                }
+                self.set_override(service, image)?;
+                (Outcome::Deployed, None)
+            }
+            Err(e) => {
+                let reason = format!("{e:#}");
+                warn!(service, image, error = %reason, "deploy failed: rolling back");
+                let back = match (&old, start_first) {
+                    // The old container never stopped: only its health needs confirming.
+                    (Some(old), true) => {
+                        gate::start_and_wait(hub, &svc, old, svc.deploy.health_timeout).await
+                    }
+                    _ => {
+                        self.roll_back_to_previous(&cfg, &svc, &name, &previous_name)
+                            .await
+                    }
+                };
+                if let Err(back) = back {
+                    // Nothing healthy runs: leave the service to the restarts.
+                    drop(hold);
+                    let reason = format!("{reason}; the rollback failed too: {back:#}");
+                    self.record(record(
+                        Outcome::Failed,
+                        stopped_at.map(|t| t.elapsed()),
+                        Some(reason.clone()),
+                    ))?;
+                    bail!("{reason}");
+                }
+                if had_previous {
+                    let _ = hub.engine.rename_container(&parked, &previous_name).await;
+                }
+                (Outcome::RolledBack, Some(reason))
+            }
+        };
+        let rec = record(outcome, stopped_at.map(|t| t.elapsed()), reason.clone());
+        drop(hold);
+        self.record(rec.clone())?;
+        match reason {
+            None => Ok(rec),
+            Some(reason) => bail!("rolled back to {}: {reason}", rec.previous_image),
+        }
+    }
+
+    /// The steps before any container changes: image present, pre-deploy backup,
+    /// migration in a one-off container of the new image.
+    async fn prepare(
+        &self,
+        cfg: &Config,
+        svc: &Service,
+        image: &str,
+        backup: bool,
+    ) -> anyhow::Result<()> {
+        ensure_image(self.hub.engine.as_ref(), image).await?;
+        if backup && cfg.backup.is_some() {
+            // The caller holds the backup lock.
+            let meta = self
+                .backups
+                .take(cfg)
+                .await
+                .context("pre-deploy backup failed; nothing was changed")?;
+            info!(backup = %meta.id, "pre-deploy backup");
+        }
+        if let Some(cmd) = &svc.deploy.migrate {
+            let mut new_svc = svc.clone();
+            new_svc.image = image.to_string();
+            self.migrate(cfg, &new_svc, cmd).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the migration command in a one-off container of the new image, on the stack
+    /// network with the service's environment. Any failure aborts the deploy.
+    async fn migrate(&self, cfg: &Config, svc: &Service, cmd: &[String]) -> anyhow::Result<()> {
+        let engine = self.hub.engine.as_ref();
+        let mut spec = spec::container_spec(cfg, svc);
+        spec.name = Role::Migrate.name(&cfg.container_name(&svc.name));
+        spec.cmd = Some(cmd.to_vec());
+        spec.ports.clear();
+        // Not a service container: no service label, so the planner never adopts it.
+        spec.labels.remove(berth_core::LABEL_SERVICE);
+        spec.labels.remove(berth_core::LABEL_SPEC_HASH);
+        let _ = engine.remove_container(&spec.name, true).await;
+        let id = engine
+            .create_container(&spec)
+            .await
+            .context("creating the migration container")?;
+        let r = async {
+            engine.start_container(&id).await?;
+            let deadline = tokio::time::Instant::now() + MIGRATION_LIMIT;
+            loop {
+                let d = engine.inspect_container(&id).await?;
+                if !d.running
+                    && d.finished_at
+                        .as_deref()
+                        .is_some_and(|f| !f.starts_with("0001"))
+                {
+                    let code = d.exit_code.unwrap_or(-1);
+                    if code == 0 {
+                        return anyhow::Ok(());
+                    }
+                    let logs = tail_logs(engine, &id, 5).await;
+                    bail!(
+                        "migration {:?} failed (exit code {code}): {logs}",
+                        cmd.join(" ")
+                    );
+                }
+                if tokio::time::Instant::now() > deadline {
+                    bail!(
+                        "migration {:?} still running after 10 minutes",
+                        cmd.join(" ")
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        .await;
+        let _ = engine.remove_container(&id, true).await;
+        r.context("the old version is untouched")
+    }
+
+    /// Stops and removes the failed new container and starts the previous one again.
+    async fn roll_back_to_previous(
+        &self,
+        cfg: &Config,
+        svc: &Service,
+        name: &str,
+        previous_name: &str,
+    ) -> anyhow::Result<()> {
+        let hub = &self.hub;
+        if let Ok(new) = hub.engine.inspect_container(name).await {
+            hub.expect_stop(&new.id);
+            let _ = hub
+                .engine
+                .stop_container(&new.id, svc.stop_grace_period)
+                .await;
+            hub.engine.remove_container(&new.id, true).await?;
+        }
+        let previous = hub
+            .engine
+            .inspect_container(previous_name)
+            .await
+            .context("no previous container to roll back to")?;
+        hub.engine.rename_container(&previous.id, name).await?;
+        if svc.deploy.restore_db_on_rollback
+            && let Some(b) = &cfg.backup
+            && let Ok(meta) = backup::find(&b.dir, "latest")
+        {
+            backup::restore_database(hub.engine.as_ref(), cfg, &meta)
+                .await
+                .context("restoring the pre-deploy backup")?;
+        }
+        gate::start_and_wait(hub, svc, &previous.id, svc.deploy.health_timeout)
+            .await
+            .context("the previous version did not come back healthy")
+    }
+
+    /// `berth rollback SERVICE`: back to the previous container (instant: it exists,
+    /// stopped); the current one becomes the new previous.
+    /// With `restore_db`, the backup taken just before the current version was deployed
+    /// is restored while neither version runs.
+    pub async fn rollback(&self, service: &str, restore_db: bool) -> anyhow::Result<Record> {
+        let Ok(_one) = self.lock.try_lock() else {
+            bail!("a deploy is running: wait for it to finish");
+        };
+        let hub = &self.hub;
+        let started = Instant::now();
+        let cfg = hub.config();
+        let svc = service_config(&cfg, service)?;
+        let (pre_deploy, _backups) = if restore_db {
+            (
+                Some(self.pre_deploy_backup(&cfg, service)?),
+                Some(self.backups.exclusive().await),
+            )
+        } else {
+            (None, None)
+        };
+        let name = cfg.container_name(service);
+        let previous_name = Role::Previous.name(&name);
+        let previous = hub
+            .engine
+            .inspect_container(&previous_name)
+            .await
+            .with_context(|| format!("{service} has no previous version to roll back to"))?;
+        let previous_image = previous.image.clone();
+        let record = |from: String, outcome: Outcome, interruption: Option<Duration>| Record {
+            service: service.to_string(),
+            image: previous_image.clone(),
+            previous_image: from,
+            at: fmt_time(SystemTime::now()),
+            outcome,
+            trigger: Trigger::Rollback,
+            duration_ms: started.elapsed().as_millis() as u64,
+            interruption_ms: interruption.map(|d| d.as_millis() as u64),
+            reason: Some(match &pre_deploy {
+                Some(m) => format!("berth rollback --restore-db (backup {})", m.id),
+                None => "berth rollback".into(),
+            }),
+        };
+        let hold = hub.hold([service]);
+        self.change(|d| d.in_flight = Some(record(svc.image.clone(), Outcome::InFlight, None)))?;
+        let mut stopped_at = None;
+        let r = async {
+            let current = hub.engine.inspect_container(&name).await.ok();
+            let parked = Role::RollingBack.name(&name);
+            if let Some(c) = &current {
+                hub.expect_stop(&c.id);
+                hub.engine
+                    .stop_container(&c.id, svc.stop_grace_period)
+                    .await?;
+                stopped_at = Some(Instant::now());
+                hub.engine.rename_container(&c.id, &parked).await?;
+            }
+            hub.engine.rename_container(&previous.id, &name).await?;
+            if let Some(meta) = &pre_deploy {
+                info!(service, backup = %meta.id, "restoring the pre-deploy backup");
+                backup::restore_database(hub.engine.as_ref(), &cfg, meta)
+                    .await
+                    .context("restoring the pre-deploy backup")?;
+            }
+            let mut back = svc.clone();
+            back.image = previous_image.clone();
+            gate::start_and_wait(hub, &back, &previous.id, svc.deploy.health_timeout).await?;
+            if let Some(c) = &current {
+                hub.engine.rename_container(&c.id, &previous_name).await?;
+            }
+            anyhow::Ok(current.map(|c| c.image).unwrap_or_default())
+        }
+        .await;
+        drop(hold);
+        let from = match r {
+            Ok(from) => from,
+            Err(e) => {
+                let rec = record(
+                    svc.image.clone(),
+                    Outcome::Failed,
+                    stopped_at.map(|t| t.elapsed()),
+                );
+                self.record(Record {
+                    reason: Some(format!("berth rollback: {e:#}")),
+                    ..rec
+                })?;
+                return Err(e);
+            }
+        };
+        self.set_override(service, &previous_image)?;
+        let rec = record(from, Outcome::RolledBack, stopped_at.map(|t| t.elapsed()));
+        self.record(rec.clone())?;
+        Ok(rec)
+    }
+
+    /// The newest backup taken before the service's current version was deployed.
+    fn pre_deploy_backup(&self, cfg: &Config, service: &str) -> anyhow::Result<Meta> {
+        let b = cfg
+            .backup
+            .as_ref()
+            .context("--restore-db needs a [backup] section")?;
+        let image = service_config(cfg, service)?.image;
+        let deployed_at = lock(&self.state)
+            .deployed_at(service, &image)
+            .map(str::to_string)
+            .with_context(|| {
+                format!("no deploy of {image} on record to find its pre-deploy backup: pick one with `berth backups` and `berth restore`")
+            })?;
+        backup::list(&b.dir)?
+            .into_iter()
+            .rev()
+            .find(|m| m.created_at <= deployed_at && m.verified != Some(false))
+            .with_context(|| format!("no backup older than the deploy of {image} ({deployed_at})"))
+    }
+
+    /// Undoes what a deploy or rollback interrupted by berth's death left behind
+    /// ([`berth_core::deploy::recovery_steps`]), then queues the deploys a reload had
+    /// asked for. Runs once, before the first convergence.
+    pub async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
+        let flight = lock(&self.state).in_flight.clone();
+        if let Some(flight) = flight {
+            self.undo(flight).await?;
+        }
+        self.queue_pending(Vec::new());
+        Ok(())
+    }
+
+    async fn undo(&self, flight: Record) -> anyhow::Result<()> {
+        let hub = &self.hub;
+        let cfg = hub.config();
+        let service = &flight.service;
+        let name = cfg.container_name(service);
+        let all = hub
+            .engine
+            .containers(berth_core::LABEL_PROJECT, &cfg.supervisor.project)
+            .await?;
+        let present: BTreeSet<String> = all.iter().map(|c| c.name.clone()).collect();
+        let done = cfg
+            .services
+            .get(service)
+            .is_some_and(|s| s.image == flight.image);
+        warn!(service, image = %flight.image, "berth stopped during a deploy: undoing it");
+        let id = |n: &str| all.iter().find(|c| c.name == n).map(|c| c.id.clone());
+        for step in berth_core::deploy::recovery_steps(&name, &present, done) {
+            info!(step = %step, "recovery");
+            match &step {
+                Step::Remove(n) => {
+                    if let Some(id) = id(n) {
+                        hub.expect_stop(&id);
+                    }
+                    hub.engine.remove_container(n, true).await?;
+                }
+                Step::Stop(n) => {
+                    if let Some(id) = id(n) {
+                        hub.expect_stop(&id);
+                    }
+                    hub.engine.stop_container(n, Duration::ZERO).await?;
+                }
+                Step::Rename { from, to } => hub.engine.rename_container(from, to).await?,
+            }
+        }
+        self.record(Record {
+            outcome: Outcome::Interrupted,
+            reason: Some("berth stopped during the deploy; undone at start-up".into()),
+            ..flight
+        })
+    }
+}

@@ -1,0 +1,97 @@
+//! The health gate: a container just started counts as up only once it passes its probe.
+//! Used by convergence, restarts and deploys alike.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::bail;
+use berth_config::Service;
+use berth_core::snapshot::{Health, State};
+use berth_engine::ContainerDetails;
+use tracing::info;
+
+use crate::hub::Hub;
+use crate::io::containers::started_at;
+use crate::io::probe;
+
+/// How often a starting service is probed until it first passes.
+pub const FAST_PROBE: Duration = Duration::from_millis(100);
+
+/// Probes every [`FAST_PROBE`] until the first success, the container's exit, or
+/// `timeout`; the service's status follows.
+pub async fn until_healthy(
+    hub: &Hub,
+    svc: &Service,
+    details: &ContainerDetails,
+    ip: Option<IpAddr>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let name = &svc.name;
+    let Some(p) = &svc.probe else {
+        hub.update_service(name, |s| {
+            s.state = State::Running;
+            s.health = Health::Healthy;
+        });
+        return Ok(());
+    };
+    let deadline = tokio::time::Instant::now()
+        .checked_add(timeout)
+        .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
+    loop {
+        let r = probe::run(hub.engine.as_ref(), p, &details.id, ip).await;
+        let gone = hub.read(|s| {
+            s.services.get(name).is_none_or(|s| {
+                s.container_id.as_deref() != Some(&details.id)
+                    || matches!(s.state, State::Exited | State::Stopped)
+            })
+        });
+        if gone {
+            bail!("container exited while starting");
+        }
+        if r.ok {
+            info!(service = %name, latency_ms = r.latency.as_millis() as u64, "healthy");
+            hub.update_service(name, |s| {
+                s.state = State::Running;
+                s.health = Health::Healthy;
+                s.probe = Some(r.view());
+            });
+            return Ok(());
+        }
+        hub.update_service(name, |s| s.probe = Some(r.view()));
+        if tokio::time::Instant::now() >= deadline {
+            hub.update_service(name, |s| {
+                s.state = State::Running;
+                s.health = Health::Unhealthy;
+            });
+            bail!(
+                "not healthy within {}: {}",
+                humantime::format_duration(timeout),
+                r.error.unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(FAST_PROBE).await;
+    }
+}
+
+/// Starts container `id` as the service's and waits until it passes its probe.
+pub async fn start_and_wait(
+    hub: &Hub,
+    svc: &Service,
+    id: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    hub.update_service(&svc.name, |s| {
+        s.container_id = Some(id.to_string());
+        s.image = svc.image.clone();
+        s.state = State::Starting;
+        s.health = Health::Starting;
+    });
+    hub.engine.start_container(id).await?;
+    let details = hub.engine.inspect_container(id).await?;
+    let ip = details.ips.get(&hub.config().network_name()).copied();
+    hub.update_service(&svc.name, |s| {
+        s.ip = ip;
+        s.since = started_at(&details);
+    });
+    until_healthy(hub, svc, &details, ip, timeout).await
+}

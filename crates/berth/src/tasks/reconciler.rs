@@ -1,0 +1,347 @@
+//! The reconciler: observe the engine, ask the planner ([`berth_core::plan`]), carry out
+//! its actions with health gating. One pass at a time, whenever asked (events, reloads,
+//! holds released) and every [`RESYNC`]. Services start as soon as their dependencies
+//! are healthy, independent ones in parallel; a dependant whose dependency cannot come
+//! up in this pass gives up at once instead of waiting.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use berth_config::{Config, Service};
+use berth_core::Action;
+use berth_core::snapshot::{Health, State};
+use berth_engine::EngineError;
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use crate::hub::{Hub, mono_now};
+use crate::io::containers::{ensure_image, ignore_not_found, short, started_at};
+use crate::io::spec;
+use crate::tasks::deployer::Deployer;
+use crate::tasks::gate;
+use crate::tasks::restarter::Restarter;
+
+/// A full re-observe even when nothing asked for one, as a safety net.
+pub const RESYNC: Duration = Duration::from_secs(30);
+
+pub struct Reconciler {
+    hub: Arc<Hub>,
+    restarter: Restarter,
+    deployer: Arc<Deployer>,
+}
+
+impl Reconciler {
+    pub fn new(hub: Arc<Hub>, restarter: Restarter, deployer: Arc<Deployer>) -> Self {
+        Reconciler {
+            hub,
+            restarter,
+            deployer,
+        }
+    }
+
+    /// Runs convergence until the daemon stops. `first_done` fires after the first pass
+    /// that reached the engine (systemd's READY). Before that first pass, a deploy berth
+    /// died in is undone.
+    pub async fn run(self, first_done: tokio::sync::oneshot::Sender<()>) {
+        let hub = &self.hub;
+        let mut first = Some(first_done);
+        let mut recovered = false;
+        let mut engine_answered = true;
+        loop {
+            if let Err(e) = hub.engine.ping().await {
+                // The restarter's reconnects ask for the next pass.
+                if std::mem::replace(&mut engine_answered, false) {
+                    warn!(error = %e, "engine unreachable; waiting for it");
+                } else {
+                    debug!(error = %e, "engine still unreachable");
+                }
+                hub.update(|s| s.engine_connected = false);
+            } else {
+                engine_answered = true;
+                if !recovered {
+                    match self.deployer.recover().await {
+                        Ok(()) => recovered = true,
+                        Err(e) => {
+                            error!(error = %format!("{e:#}"), "undoing an interrupted deploy")
+                        }
+                    }
+                }
+                if let Err(e) = self.converge().await {
+                    error!(error = %format!("{e:#}"), "convergence failed");
+                }
+                if hub.read(|s| s.engine_connected)
+                    && let Some(tx) = first.take()
+                {
+                    let _ = tx.send(());
+                }
+            }
+            tokio::select! {
+                _ = hub.reconcile_requested() => {}
+                _ = tokio::time::sleep(RESYNC) => {}
+            }
+        }
+    }
+
+    /// One pass: observe, plan, execute.
+    pub async fn converge(&self) -> anyhow::Result<()> {
+        let hub = &self.hub;
+        let cfg = hub.config();
+        let observed = match spec::observe(hub.engine.as_ref(), &cfg).await {
+            Ok(o) => o,
+            Err(e) => {
+                hub.update(|s| s.engine_connected = false);
+                return Err(e).context("observing the engine");
+            }
+        };
+        // What the engine shows wins over what berth last believed (events can be missed
+        // while the engine was unreachable): a container berth thought running that is not
+        // is reported as exited until this pass brings it back.
+        let held = hub.held();
+        hub.update(|s| {
+            s.engine_connected = true;
+            for (name, st) in s.services.iter_mut() {
+                if st.state != State::Running || held.contains(name) {
+                    continue;
+                }
+                let alive = observed
+                    .containers
+                    .iter()
+                    .any(|c| c.running && Some(&c.id) == st.container_id.as_ref());
+                if !alive {
+                    st.state = State::Exited;
+                    st.health = Health::Unhealthy;
+                }
+            }
+        });
+        let actions = berth_core::plan(&cfg, &observed, &held);
+        for a in &actions {
+            info!(action = %a, service = a.service().unwrap_or(""), "plan");
+        }
+        let labels = spec::project_labels(&cfg);
+        let mut per_service: BTreeMap<String, Vec<Action>> = BTreeMap::new();
+        for a in actions {
+            match &a {
+                Action::CreateNetwork { name } => hub
+                    .engine
+                    .create_network(name, &labels)
+                    .await
+                    .with_context(|| format!("creating network {name}"))?,
+                Action::CreateVolume { name } => hub
+                    .engine
+                    .create_volume(name, &labels)
+                    .await
+                    .with_context(|| format!("creating volume {name}"))?,
+                Action::RemoveContainer {
+                    service, id, name, ..
+                } => {
+                    let grace = cfg
+                        .services
+                        .get(service)
+                        .map_or(Duration::from_secs(10), |s| s.stop_grace_period);
+                    self.stop_and_remove(id, grace)
+                        .await
+                        .with_context(|| format!("removing container {name}"))?;
+                }
+                Action::CreateContainer { service, .. } | Action::StartContainer { service } => {
+                    per_service
+                        .entry(service.clone())
+                        .or_default()
+                        .push(a.clone())
+                }
+            }
+        }
+        // Current containers, for services the plan leaves alone (adopted).
+        let mut existing: BTreeMap<String, String> = BTreeMap::new();
+        for c in &observed.containers {
+            if cfg.services.contains_key(&c.service) {
+                existing.insert(c.service.clone(), c.id.clone());
+            }
+        }
+        // A service still in its restart backoff is not started in this pass (that would
+        // hold up every other service); a timer asks for another pass when it is due.
+        let now = mono_now();
+        let mut settled = BTreeSet::new();
+        for (name, acts) in per_service.iter_mut() {
+            let due = self.restarter.backoff_until(name, now);
+            if let Some(t) = due
+                && acts
+                    .iter()
+                    .any(|a| matches!(a, Action::StartContainer { .. }))
+            {
+                acts.clear();
+                settled.insert(name.clone());
+                hub.update_service(name, |s| {
+                    s.next_restart = SystemTime::now().checked_add(t - now)
+                });
+                let hub = hub.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await;
+                    hub.request_reconcile();
+                });
+            }
+        }
+        // Services whose bring-up in this pass is over (or will not happen): a dependant
+        // waiting on one of them that is not healthy gives up at once instead of waiting.
+        let (done_tx, done_rx) = watch::channel(settled);
+        let done_tx = Arc::new(done_tx);
+        let ups = cfg.start_order().into_iter().map(|name| {
+            let actions = per_service.remove(&name).unwrap_or_default();
+            let id = existing.get(&name).cloned();
+            let cfg = cfg.clone();
+            let done_rx = done_rx.clone();
+            let done_tx = done_tx.clone();
+            async move {
+                let r = self.bring_up(&cfg, &name, actions, id, done_rx).await;
+                done_tx.send_modify(|d| {
+                    d.insert(name.clone());
+                });
+                if let Err(e) = &r {
+                    warn!(service = %name, error = %format!("{e:#}"), "service not up");
+                }
+                r
+            }
+        });
+        let results = futures::future::join_all(ups).await;
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        if failed > 0 {
+            let summary = hub.read(|s| s.summary(SystemTime::now()));
+            anyhow::bail!("{failed} service(s) not up: {summary}");
+        }
+        Ok(())
+    }
+
+    async fn stop_and_remove(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
+        self.hub.expect_stop(id);
+        self.hub
+            .engine
+            .stop_container(id, grace)
+            .await
+            .or_else(ignore_not_found)?;
+        self.hub
+            .engine
+            .remove_container(id, true)
+            .await
+            .or_else(ignore_not_found)
+    }
+
+    /// Waits for dependencies, runs the service's actions, and probes fast until healthy.
+    async fn bring_up(
+        &self,
+        cfg: &Config,
+        name: &str,
+        actions: Vec<Action>,
+        existing: Option<String>,
+        done: watch::Receiver<BTreeSet<String>>,
+    ) -> anyhow::Result<()> {
+        let hub = &self.hub;
+        let svc = &cfg.services[name];
+        // A running container is left alone whatever its dependencies do: dependants of a
+        // restarted service are not restarted.
+        if !actions.is_empty() {
+            self.wait_for_deps(svc, done).await?;
+        }
+        let mut id = existing;
+        let mut started = false;
+        for a in &actions {
+            match a {
+                Action::CreateContainer { .. } => {
+                    let spec = spec::container_spec(cfg, svc);
+                    ensure_image(hub.engine.as_ref(), &svc.image).await?;
+                    id = Some(hub.engine.create_container(&spec).await?);
+                    hub.update_service(name, |s| {
+                        s.container_id = id.clone();
+                        s.state = State::Pending;
+                    });
+                }
+                Action::StartContainer { .. } => {
+                    let Some(cid) = id.as_deref() else {
+                        anyhow::bail!("no container to start");
+                    };
+                    info!(service = %name, container = %short(cid), "starting");
+                    hub.engine.start_container(cid).await?;
+                    started = true;
+                }
+                _ => {}
+            }
+        }
+        let Some(id) = id else {
+            anyhow::bail!("no container");
+        };
+        let details = hub.engine.inspect_container(&id).await?;
+        let ip = details.ips.get(&cfg.network_name()).copied();
+        let already_healthy = hub.read(|snap| {
+            snap.services
+                .get(name)
+                .is_some_and(|s| s.runs(&id) && s.is_healthy())
+        });
+        hub.update_service(name, |s| {
+            s.container_id = Some(id.clone());
+            s.image = svc.image.clone();
+            s.ip = ip;
+            s.since = started_at(&details);
+            if started {
+                s.next_restart = None;
+            }
+            if !details.running {
+                s.state = State::Exited;
+            } else if !already_healthy {
+                s.state = if started {
+                    State::Starting
+                } else {
+                    State::Running
+                };
+                s.health = Health::Starting;
+            }
+        });
+        if !details.running || already_healthy {
+            return Ok(());
+        }
+        let timeout = svc
+            .probe
+            .as_ref()
+            .map_or(Duration::ZERO, |p| p.start_timeout);
+        gate::until_healthy(hub, svc, &details, ip, timeout).await
+    }
+
+    /// Waits until every dependency is healthy; fails as soon as one of them is settled
+    /// for this pass without being healthy.
+    async fn wait_for_deps(
+        &self,
+        svc: &Service,
+        mut done: watch::Receiver<BTreeSet<String>>,
+    ) -> anyhow::Result<()> {
+        let mut snap = self.hub.subscribe();
+        loop {
+            let unhealthy: Vec<String> = {
+                let s = snap.borrow_and_update();
+                svc.depends_on
+                    .iter()
+                    .filter(|d| !s.services.get(*d).is_some_and(|st| st.is_healthy()))
+                    .cloned()
+                    .collect()
+            };
+            self.hub
+                .update_service(&svc.name, |s| s.waiting_for = unhealthy.clone());
+            if unhealthy.is_empty() {
+                return Ok(());
+            }
+            let given_up: Vec<&str> = {
+                let d = done.borrow_and_update();
+                unhealthy
+                    .iter()
+                    .filter(|u| d.contains(*u))
+                    .map(String::as_str)
+                    .collect()
+            };
+            if !given_up.is_empty() {
+                anyhow::bail!("waiting for {} to become healthy", given_up.join(", "));
+            }
+            tokio::select! {
+                r = snap.changed() => r?,
+                r = done.changed() => r?,
+            }
+        }
+    }
+}

@@ -120,7 +120,7 @@ fn deploy_then_broken_deploy_rolls_back_then_rollback_and_adoption() {
     let h = d2.wait_healthy(UP);
     assert_eq!(h["services"]["bot"]["image"], "berth-demo/bot:1");
     assert_eq!(stack.containers()["bot"], bot);
-    assert!(!d2.logs().contains("supervisor: plan"), "{}", d2.logs());
+    assert!(!d2.logs().contains("reconciler: plan"), "{}", d2.logs());
 }
 
 #[test]
@@ -276,7 +276,7 @@ fn a_reload_that_changes_the_image_goes_through_the_deploy_flow() {
     let h = d2.wait_healthy(UP);
     assert_eq!(h["services"]["bot"]["image"], "berth-demo/bot:2");
     assert_eq!(stack.containers()["bot"], bot2);
-    assert!(!d2.logs().contains("supervisor: plan"), "{}", d2.logs());
+    assert!(!d2.logs().contains("reconciler: plan"), "{}", d2.logs());
 }
 
 #[test]
@@ -358,7 +358,7 @@ fn a_deploy_waits_for_a_running_backup_and_rollback_can_restore_the_database() {
 
     // Data written after the deploy is undone by rollback --restore-db.
     stack.psql("UPDATE marks SET v = 'after'");
-    let out = stack.berth(&["rollback", "bot", "--restore-db"]);
+    let out = stack.berth(&["rollback", "bot", "--restore-db", "--yes"]);
     assert!(out.status.success(), "{}", out_text(&out));
     let h = d.wait_healthy(UP);
     assert_eq!(h["services"]["bot"]["image"], "berth-demo/bot:1");

@@ -34,7 +34,7 @@ fn health_metrics_status_and_logs_of_a_healthy_stack() {
     let (code, _) = d.health().expect("health");
     assert_eq!(code, 200);
 
-    // The contract of DESIGN §5.
+    // The /health contract (DESIGN.md, section 5).
     assert_eq!(h["status"], "ok");
     assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
     assert!(h["uptime_s"].is_u64());

@@ -156,7 +156,7 @@ fn sigkill_and_restart_adopts_every_container() {
     assert_eq!(before.len(), 4);
     assert!(
         d.logs()
-            .contains("supervisor: plan action=create container"),
+            .contains("reconciler: plan action=create container"),
         "the first run planned creations"
     );
     d.kill9();
@@ -168,7 +168,7 @@ fn sigkill_and_restart_adopts_every_container() {
     let log = d2.logs();
     assert!(log.contains("first convergence done"), "{log}");
     assert!(
-        !log.contains("supervisor: plan"),
+        !log.contains("reconciler: plan"),
         "adoption planned an action:\n{log}"
     );
 

@@ -30,6 +30,37 @@ pub struct Supervisor {
     pub on_stop: OnStop,
 }
 
+impl Supervisor {
+    /// The settings a reload cannot apply to a running berth (it has bound its sockets,
+    /// named its containers and opened its state with them), as `key (old -> new)`.
+    /// `env_file` and `on_stop` take effect on reload.
+    pub fn restart_needed(&self, new: &Supervisor) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut check = |key: &str, old: String, new: String| {
+            if old != new {
+                out.push(format!("supervisor.{key} ({old} -> {new})"));
+            }
+        };
+        check("project", self.project.clone(), new.project.clone());
+        check(
+            "health_listen",
+            self.health_listen.to_string(),
+            new.health_listen.to_string(),
+        );
+        check(
+            "state_dir",
+            self.state_dir.display().to_string(),
+            new.state_dir.display().to_string(),
+        );
+        check(
+            "admin_socket",
+            self.admin_socket.display().to_string(),
+            new.admin_socket.display().to_string(),
+        );
+        out
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnStop {
     /// Leave containers running when berth stops (the default): restarting berth

@@ -23,6 +23,9 @@ struct Ctx<'a> {
     env_file_failed: bool,
 }
 
+/// The longest duration any setting takes (timeouts, backoffs, periods).
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
+
 impl Ctx<'_> {
     fn err(&mut self, span: &Range<usize>, msg: impl Into<String>) {
         let e = self.loc.span(span, msg);
@@ -57,6 +60,18 @@ impl Ctx<'_> {
     fn duration(&mut self, key: &str, v: &Option<S<String>>, default: Duration) -> Duration {
         let Some(v) = v else { return default };
         match humantime::parse_duration(v.get_ref()) {
+            // Bounded, so that no timer or instant arithmetic downstream can overflow.
+            Ok(d) if d > MAX_DURATION => {
+                self.err(
+                    &v.span(),
+                    format!(
+                        "{key}: {:?} is longer than the longest berth accepts ({})",
+                        v.get_ref(),
+                        humantime::format_duration(MAX_DURATION)
+                    ),
+                );
+                default
+            }
             Ok(d) => d,
             Err(e) => {
                 self.err(
@@ -249,6 +264,22 @@ fn supervisor(cx: &mut Ctx<'_>, path: &Path, raw: &S<RawSupervisor>, read_env: b
     };
     let state_dir = path_or(&r.state_dir, "/var/lib/berth");
     let admin_socket = path_or(&r.admin_socket, "/run/berth/admin.sock");
+    // berth replaces a stale socket at start-up: never anything else that is there.
+    if read_env
+        && let Some(s) = &r.admin_socket
+        && let Ok(meta) = std::fs::symlink_metadata(&admin_socket)
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            cx.err(
+                &s.span(),
+                format!(
+                    "supervisor.admin_socket: {} exists and is not a socket; berth will not replace it: name a path of its own, e.g. \"/run/berth/admin.sock\"",
+                    admin_socket.display()
+                ),
+            );
+        }
+    }
     let env_file = r.env_file.as_ref().map(|s| {
         let p = resolve_path(path, s.get_ref());
         if read_env {

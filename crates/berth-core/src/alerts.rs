@@ -354,7 +354,13 @@ impl Tracker {
                     ),
                 )
                 .line(format!("What happened: {reason}"))
-                .line(format!("What berth did: {} runs again.", r.previous_image))
+                .line(match &r.restored {
+                    Some(b) => format!(
+                        "What berth did: {} runs again, and the database was restored from backup {b}, taken just before the deploy.",
+                        r.previous_image
+                    ),
+                    None => format!("What berth did: {} runs again.", r.previous_image),
+                })
                 .line(format!(
                     "Look further: berth status; berth logs {svc} -n 50"
                 )),

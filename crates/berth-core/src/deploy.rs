@@ -122,6 +122,13 @@ pub struct Record {
     pub interruption_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The backup this deploy took before changing anything: the only one its rollback
+    /// may restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+    /// The backup restored into the database while rolling back, if one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -426,6 +433,8 @@ mod tests {
             duration_ms: 0,
             interruption_ms: None,
             reason: None,
+            backup: None,
+            restored: None,
         }
     }
 

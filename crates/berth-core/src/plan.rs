@@ -108,7 +108,7 @@ impl fmt::Display for Action {
     }
 }
 
-/// Services the operator holds down on purpose (`berth stop`): never started by a plan.
+/// Services held by a deploy, rollback or restore in progress: never touched by a plan.
 pub type Held = BTreeSet<String>;
 
 /// Actions that bring `observed` to `desired`, in an order that is safe to run one by

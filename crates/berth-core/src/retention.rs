@@ -1,6 +1,7 @@
-//! Tiered backup retention: the newest backup of each of the last `daily` days, `weekly`
-//! ISO weeks and `monthly` months that have backups, like postgres-backup-local's
-//! 7/4/6; never the newest verified backup, never the newest backup.
+//! Tiered backup retention: the newest verified backup of each of the last `daily` days,
+//! `weekly` ISO weeks and `monthly` months that have verified backups, like
+//! postgres-backup-local's 7/4/6; never the newest verified backup, never the newest
+//! backup. Backups that failed verification fill no slot.
 
 use std::collections::BTreeSet;
 
@@ -33,7 +34,9 @@ pub fn to_delete(backups: &[Candidate], keep: Keep) -> Vec<String> {
         (keep.monthly, &month),
     ] {
         let mut seen = BTreeSet::new();
-        for c in &sorted {
+        // Only verified backups fill slots: a week of failed verifications must not push
+        // out the good ones. Unverified ones (but the newest backup) go first.
+        for c in sorted.iter().filter(|c| c.verified) {
             if seen.len() >= n as usize {
                 break;
             }
@@ -161,6 +164,19 @@ mod tests {
         for (name, backups, k, want) in cases {
             assert_eq!(to_delete(&backups, k), want, "{name}");
         }
+    }
+
+    /// Issue 15, item 5: a week of failed verifications pushes out no verified backup.
+    #[test]
+    fn retention_fills_no_slot_with_backups_that_failed_verification() {
+        // d00..d06 failed verification, d07..d13 are good.
+        let b: Vec<Candidate> = (0..14).map(|d| c(&format!("d{d:02}"), d, d >= 7)).collect();
+        // The newest (d00) stays for inspection; the other failures go; all seven good
+        // ones fill the seven daily slots.
+        assert_eq!(
+            to_delete(&b, keep(7, 0, 0)),
+            vec!["d06", "d05", "d04", "d03", "d02", "d01"]
+        );
     }
 
     #[test]

@@ -35,6 +35,16 @@ pub struct DockerEngine {
     docker: Arc<tokio::sync::OnceCell<Docker>>,
 }
 
+/// The client's request timeout (seconds) for everything but stops.
+const REQUEST_TIMEOUT: u64 = 120;
+
+/// How long a stop request may take: the grace period, then the kill, with room to spare.
+fn stop_timeout(grace: Duration) -> Duration {
+    grace
+        .saturating_add(Duration::from_secs(30))
+        .max(Duration::from_secs(REQUEST_TIMEOUT))
+}
+
 impl DockerEngine {
     /// Connects to `socket` (e.g. `/var/run/docker.sock`) and negotiates the API version now.
     pub async fn connect(socket: &str) -> Result<Self> {
@@ -58,7 +68,7 @@ impl DockerEngine {
             .get_or_try_init(|| async move {
                 let unreachable =
                     |e: BollardError| EngineError::Unreachable(format!("{socket}: {e}"));
-                Docker::connect_with_socket(socket, 120, bollard::API_DEFAULT_VERSION)
+                Docker::connect_with_socket(socket, REQUEST_TIMEOUT, bollard::API_DEFAULT_VERSION)
                     .map_err(unreachable)?
                     .negotiate_version()
                     .await
@@ -342,7 +352,15 @@ impl Engine for DockerEngine {
         let opts = StopContainerOptionsBuilder::new()
             .t(grace.as_secs().min(i32::MAX as u64) as i32)
             .build();
-        match self.client().await?.stop_container(id, Some(opts)).await {
+        // The engine answers once the container is down, up to `grace` later: the
+        // client's request timeout must outlast it, or a long grace period reads as an
+        // unreachable engine.
+        let client = self
+            .client()
+            .await?
+            .clone()
+            .with_timeout(stop_timeout(grace));
+        match client.stop_container(id, Some(opts)).await {
             // 304: already stopped.
             Err(BollardError::DockerResponseServerError {
                 status_code: 304, ..
@@ -570,5 +588,29 @@ impl Engine for DockerEngine {
                 Err(e) => Err(err(what.clone())(e)),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 15, item 11: a stop with a grace period of 120 s or more must not hit the
+    /// client's request timeout (it read as "engine unreachable" mid-deploy).
+    #[test]
+    fn a_long_grace_period_outlasts_the_request_timeout() {
+        assert_eq!(
+            stop_timeout(Duration::from_secs(10)),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            stop_timeout(Duration::from_secs(120)),
+            Duration::from_secs(150)
+        );
+        assert_eq!(
+            stop_timeout(Duration::from_secs(600)),
+            Duration::from_secs(630)
+        );
+        assert_eq!(stop_timeout(Duration::MAX), Duration::MAX);
     }
 }

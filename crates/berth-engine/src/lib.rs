@@ -132,6 +132,10 @@ pub struct ExecStream {
     pub input: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
 }
 
+/// What [`Engine::exec`] keeps of each output stream: a probe that prints without end
+/// costs no memory.
+pub const EXEC_OUTPUT_LIMIT: usize = 64 * 1024;
+
 /// Collected result of a short exec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecResult {
@@ -175,15 +179,20 @@ pub trait Engine: Send + Sync + 'static {
     fn logs(&self, id: &str, tail: Option<u64>, follow: bool)
     -> BoxStream<'static, Result<Output>>;
 
-    /// Runs `cmd` and collects its output. For short commands only (probes, checks).
+    /// Runs `cmd` and collects its output, the first [`EXEC_OUTPUT_LIMIT`] bytes of each
+    /// stream (the rest is read and dropped). For short commands only (probes, checks).
     async fn exec(&self, id: &str, cmd: &[String]) -> Result<ExecResult> {
         use futures::StreamExt;
         let mut s = self.exec_stream(id, cmd, false).await?;
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let keep = |buf: &mut Vec<u8>, b: Vec<u8>| {
+            let room = EXEC_OUTPUT_LIMIT.saturating_sub(buf.len());
+            buf.extend_from_slice(&b[..b.len().min(room)]);
+        };
         while let Some(chunk) = s.output.next().await {
             match chunk? {
-                Output::Stdout(b) => stdout.extend(b),
-                Output::Stderr(b) => stderr.extend(b),
+                Output::Stdout(b) => keep(&mut stdout, b),
+                Output::Stderr(b) => keep(&mut stderr, b),
             }
         }
         let exit_code = self.exec_exit_code(&s.exec_id).await?;
@@ -234,5 +243,42 @@ mod tests {
             s("bot@sha256:abc"),
             ("bot@sha256:abc".into(), String::new())
         );
+    }
+}
+
+#[cfg(all(test, feature = "fake"))]
+mod exec_tests {
+    use super::*;
+    use crate::fake::FakeEngine;
+
+    /// Issue 15, item 11: exec-probe output is no longer buffered without limit.
+    #[tokio::test]
+    async fn exec_probe_output_is_bounded() {
+        let fake = FakeEngine::new();
+        fake.add_container(
+            ContainerSpec {
+                name: "p-app".into(),
+                image: "app:1".into(),
+                ..ContainerSpec::default()
+            },
+            true,
+        )
+        .expect("container");
+        fake.script_exec(
+            "p-app",
+            "check",
+            ExecResult {
+                exit_code: 1,
+                stdout: vec![b'x'; 5 << 20],
+                stderr: vec![b'e'; 5 << 20],
+            },
+        );
+        let r = fake
+            .exec("p-app", &["check".to_string()])
+            .await
+            .expect("exec");
+        assert_eq!(r.exit_code, 1);
+        assert_eq!(r.stdout.len(), EXEC_OUTPUT_LIMIT);
+        assert_eq!(r.stderr.len(), EXEC_OUTPUT_LIMIT);
     }
 }

@@ -33,6 +33,17 @@ pub struct RestoreRequest {
     pub which: String,
 }
 
+/// The answer to `POST /restore`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Restored {
+    /// The backup now in the database.
+    pub backup: Meta,
+    /// The backup of the data it replaced (`berth restore` it to undo the restore).
+    pub safety: Option<String>,
+    /// Why there is no safety backup, if there is none.
+    pub safety_error: Option<String>,
+}
+
 /// Every admin answer: `{"ok": true, "result": …}` or `{"ok": false, "error": "…"}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Reply<T> {

@@ -134,6 +134,9 @@ pub enum Command {
         /// Also restore the backup taken just before the current version was deployed
         #[arg(long)]
         restore_db: bool,
+        /// With --restore-db: do not ask for confirmation
+        #[arg(long)]
+        yes: bool,
     },
     /// Show a service's container logs
     Logs {

@@ -62,7 +62,6 @@ pub async fn run(file: Config, path: PathBuf) -> anyhow::Result<()> {
     if dropped && let Err(e) = statefile::save_deploys(&state_dir, &deploys) {
         warn!(error = %format!("{e:#}"), "saving the deploy state");
     }
-    let on_stop = cfg.supervisor.on_stop;
     let hub = Hub::new(engine, cfg);
     let offsite_wake = Arc::new(Notify::new());
     let backups = Backups::new(hub.clone(), offsite_wake.clone());
@@ -116,15 +115,9 @@ pub async fn run(file: Config, path: PathBuf) -> anyhow::Result<()> {
             _ = wd_tick.tick(), if watchdog.is_some() => notify::watchdog(),
             _ = hup.recv() => {
                 notify::reloading();
-                match berth_config::load(&path) {
-                    Ok(new) => {
-                        info!(config = %path.display(), "reloaded config");
-                        deployer.reload(new);
-                    }
-                    Err(errs) => {
-                        error!(error = %errs, "reload rejected; keeping the running config");
-                        hub.update(|s| s.config.error = Some(errs.to_string()));
-                    }
+                if let Err(e) = reload(&hub, &deployer, &path) {
+                    error!(error = %e, "reload rejected; keeping the running config");
+                    hub.update(|s| s.config.error = Some(e));
                 }
                 notify::ready(&summary(&hub));
             }
@@ -144,7 +137,7 @@ pub async fn run(file: Config, path: PathBuf) -> anyhow::Result<()> {
     info!("stopping");
     notify::stopping();
     tasks.shutdown().await;
-    if outcome.is_ok() && on_stop == berth_config::OnStop::Stop {
+    if outcome.is_ok() && hub.config().supervisor.on_stop == berth_config::OnStop::Stop {
         stop_all(&hub).await;
     }
     let _ = shutdown_tx.send(true);
@@ -157,6 +150,23 @@ pub async fn run(file: Config, path: PathBuf) -> anyhow::Result<()> {
         info!("stopped");
     }
     outcome
+}
+
+/// SIGHUP: the file again. A file that does not validate, or that changes what only a
+/// restart can change, is refused whole and the running state kept.
+fn reload(hub: &Hub, deployer: &Arc<Deployer>, path: &std::path::Path) -> Result<(), String> {
+    let new = berth_config::load(path).map_err(|errs| errs.to_string())?;
+    let refused = hub.config().supervisor.restart_needed(&new.supervisor);
+    if !refused.is_empty() {
+        return Err(format!(
+            "{}: restart berth to change {}",
+            path.display(),
+            refused.join(", ")
+        ));
+    }
+    info!(config = %path.display(), "reloaded config");
+    deployer.reload(new);
+    Ok(())
 }
 
 /// A task's future that answers its name when it ends.

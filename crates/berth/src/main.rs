@@ -87,14 +87,13 @@ fn main() -> ExitCode {
             config,
             service,
             restore_db,
+            yes,
         } => with_config(&config, |cfg| {
-            cmd::deploy::rollback(
-                cfg,
-                api::RollbackRequest {
-                    service,
-                    restore_db,
-                },
-            )
+            let req = api::RollbackRequest {
+                service,
+                restore_db,
+            };
+            cmd::deploy::rollback(cfg, req, yes)
         }),
         Command::Logs {
             config,

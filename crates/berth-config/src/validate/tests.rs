@@ -533,3 +533,98 @@ fn offsite_keys_must_come_from_the_env_file() {
     assert!(e.contains("backup.offsite.endpoint"), "{e}");
     assert!(!e.contains("AKIA-literal"), "{e}");
 }
+
+/// Issue 15, item 9: durations that would overflow an instant are refused at validation.
+#[test]
+fn durations_that_panic_are_refused() {
+    for (from, to) in [
+        (
+            "health_timeout = \"60s\"",
+            "health_timeout = \"300000000000y\"",
+        ),
+        (
+            "stop_grace_period = \"30s\"",
+            "stop_grace_period = \"31days\"",
+        ),
+        ("interval = \"10s\"", "interval = \"1000y\""),
+    ] {
+        let src = good_with(from, to);
+        let errs = errors(&src);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains("longer than the longest berth accepts (30days)")
+                || errs[0].contains("invalid duration"),
+            "{errs:?}"
+        );
+    }
+    let src = good_with(
+        "stop_grace_period = \"30s\"",
+        "stop_grace_period = \"30s\"\nrestart = { initial_backoff = \"300000000000y\" }",
+    );
+    assert_eq!(errors(&src).len(), 1);
+    // The longest accepted is fine.
+    parse_ok(&good_with(
+        "health_timeout = \"60s\"",
+        "health_timeout = \"30days\"",
+    ));
+}
+
+/// Issue 15, item 6: `admin_socket` naming an existing file that is not a socket is an
+/// error (berth would otherwise delete it at start-up); a socket or a free path is fine.
+#[test]
+fn the_admin_socket_path_deletes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("precious.txt");
+    std::fs::write(&file, "keep me").expect("write");
+    let cfg = dir.path().join("berth.toml");
+    let src = |sock: &str| {
+        format!(
+            "[supervisor]\nproject = \"p\"\nadmin_socket = {sock:?}\n[services.a]\nimage = \"a\"\n"
+        )
+    };
+    std::fs::write(&cfg, src("precious.txt")).expect("write");
+    let e = crate::load(&cfg).expect_err("a regular file is refused");
+    let text = e.to_string();
+    assert!(text.contains("berth.toml:3:"), "{text}");
+    assert!(text.contains("exists and is not a socket"), "{text}");
+    assert_eq!(std::fs::read_to_string(&file).expect("read"), "keep me");
+    std::fs::write(&cfg, src("admin.sock")).expect("write");
+    crate::load(&cfg).expect("a free path is fine");
+    let _listener =
+        std::os::unix::net::UnixListener::bind(dir.path().join("admin.sock")).expect("bind");
+    crate::load(&cfg).expect("an existing socket is fine");
+}
+
+/// Issue 15, item 10: a reload cannot move berth to another project, address, state
+/// folder or socket; the list says which.
+#[test]
+fn reloads_that_change_the_supervisor_table_need_a_restart() {
+    let old = parse_ok(GOOD).supervisor;
+    assert!(old.restart_needed(&old).is_empty());
+    let new = parse_ok(&good_with("project = \"tgtg\"", "project = \"other\"")).supervisor;
+    assert_eq!(
+        old.restart_needed(&new),
+        vec!["supervisor.project (tgtg -> other)"]
+    );
+    let new = parse_ok(&good_with(
+        "health_listen = \"127.0.0.1:7878\"",
+        "health_listen = \"127.0.0.1:7879\"\nadmin_socket = \"/tmp/x.sock\"",
+    ))
+    .supervisor;
+    assert_eq!(
+        old.restart_needed(&new),
+        vec![
+            "supervisor.health_listen (127.0.0.1:7878 -> 127.0.0.1:7879)",
+            "supervisor.admin_socket (/run/berth/admin.sock -> /tmp/x.sock)"
+        ]
+    );
+    let new = parse_ok(&good_with(
+        "project = \"tgtg\"",
+        "project = \"tgtg\"\non_stop = \"stop\"",
+    ))
+    .supervisor;
+    assert!(
+        old.restart_needed(&new).is_empty(),
+        "on_stop applies on reload"
+    );
+}

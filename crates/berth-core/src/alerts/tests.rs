@@ -232,6 +232,8 @@ fn deploy_outcomes_are_told_once_and_old_ones_never() {
         duration_ms: 1200,
         interruption_ms: Some(400),
         reason: Some("bot:2 did not pass its probe within 10s".into()),
+        backup: None,
+        restored: None,
     };
     let mut s = snap(&[("bot", healthy())]);
     s.deploy.insert(

@@ -3,15 +3,15 @@
 use anyhow::Context as _;
 use berth_config::Config;
 
-use crate::api::{Meta, RestoreRequest};
-use crate::cmd::connect;
+use crate::api::{Meta, RestoreRequest, Restored};
+use crate::cmd::{confirm, connect};
 use crate::io::backup;
 use crate::serve::admin;
 
 pub async fn backup_cmd(cfg: Config) -> anyhow::Result<()> {
     let meta = match admin::request::<_, Meta>(&cfg.supervisor.admin_socket, "/backup", &()).await {
         Some(r) => r?,
-        None => backup::take(connect().await?.as_ref(), &cfg).await?,
+        None => backup::take(connect().await?.as_ref(), &cfg, backup::Retention::Apply).await?,
     };
     println!("{}", meta.id);
     Ok(())
@@ -60,41 +60,38 @@ pub async fn restore_cmd(cfg: Config, which: String, yes: bool) -> anyhow::Resul
     let meta = backup::find(&b.dir, &which)?;
     let deps = berth_core::dependants(&cfg, &b.service);
     if !yes {
-        use std::io::{BufRead, IsTerminal, Write};
-        if !std::io::stdin().is_terminal() {
-            anyhow::bail!(
-                "restore replaces database {}: confirm with --yes",
-                b.database
-            );
-        }
-        print!(
-            "Replace database {} with backup {} ({})? {} will be stopped meanwhile. [y/N] ",
-            b.database,
-            meta.id,
-            meta.created_at,
-            if deps.is_empty() {
-                "nothing".to_string()
-            } else {
-                deps.join(", ")
-            }
-        );
-        std::io::stdout().flush()?;
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line)?;
-        if !matches!(line.trim(), "y" | "Y" | "yes") {
-            anyhow::bail!("not restored");
-        }
+        confirm(
+            &format!("restore replaces database {}", b.database),
+            &format!(
+                "Replace database {} with backup {} ({})? {} will be stopped meanwhile.",
+                b.database,
+                meta.id,
+                meta.created_at,
+                if deps.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    deps.join(", ")
+                }
+            ),
+        )?;
     }
     let req = RestoreRequest {
         which: meta.id.clone(),
     };
-    match admin::request::<_, Meta>(&cfg.supervisor.admin_socket, "/restore", &req).await {
+    let safety = match admin::request::<_, Restored>(&cfg.supervisor.admin_socket, "/restore", &req)
+        .await
+    {
         Some(r) => {
-            r?;
+            let r = r?;
+            (r.safety, r.safety_error)
         }
         None => {
             // No daemon: nobody restarts what we stop, so stop and start by hand.
             let engine = connect().await?;
+            let safety = match backup::take(engine.as_ref(), &cfg, backup::Retention::Defer).await {
+                Ok(m) => (Some(m.id), None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            };
             for d in &deps {
                 let grace = cfg.services[d].stop_grace_period;
                 let _ = engine.stop_container(&cfg.container_name(d), grace).await;
@@ -104,8 +101,16 @@ pub async fn restore_cmd(cfg: Config, which: String, yes: bool) -> anyhow::Resul
                 let _ = engine.start_container(&cfg.container_name(d)).await;
             }
             r?;
+            safety
         }
-    }
+    };
     println!("restored {} ({})", meta.id, meta.created_at);
+    match safety {
+        (Some(id), _) => {
+            println!("the data it replaced is in backup {id}: `berth restore {id}` undoes this")
+        }
+        (None, Some(e)) => println!("no safety backup of the replaced data could be taken: {e}"),
+        (None, None) => {}
+    }
     Ok(())
 }

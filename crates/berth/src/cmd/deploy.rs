@@ -25,8 +25,17 @@ pub async fn deploy(cfg: Config, req: DeployRequest) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn rollback(cfg: Config, req: RollbackRequest) -> anyhow::Result<()> {
+pub async fn rollback(cfg: Config, req: RollbackRequest, yes: bool) -> anyhow::Result<()> {
     let service = req.service.clone();
+    if req.restore_db && !yes {
+        let db = cfg.backup.as_ref().map_or("", |b| b.database.as_str());
+        crate::cmd::confirm(
+            &format!("rollback --restore-db replaces database {db}"),
+            &format!(
+                "Roll {service} back and replace database {db} with the backup taken before its current version was deployed? Data written since is lost."
+            ),
+        )?;
+    }
     let r: Record = admin::request(&cfg.supervisor.admin_socket, "/rollback", &req)
         .await
         .ok_or_else(|| {

@@ -92,6 +92,23 @@ pub async fn connect() -> anyhow::Result<Arc<dyn Engine>> {
     Ok(Arc::new(engine))
 }
 
+/// Asks `question` on the terminal; a refusal, or no terminal to ask on, is an error
+/// (`what` says what needs confirming; `--yes` skips the question).
+pub fn confirm(what: &str, question: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("{what}: confirm with --yes");
+    }
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if !matches!(line.trim(), "y" | "Y" | "yes") {
+        anyhow::bail!("not confirmed: nothing was changed");
+    }
+    Ok(())
+}
+
 /// Standard output, or a file (not over an existing one unless `force`).
 pub fn write_out(path: Option<&Path>, text: &str, force: bool) -> anyhow::Result<()> {
     match path {

@@ -83,8 +83,18 @@ fn new_id(dir: &Path) -> String {
     id
 }
 
-/// Takes a backup now, verifies it and applies retention. Returns its metadata.
-pub async fn take(engine: &dyn Engine, cfg: &Config) -> anyhow::Result<Meta> {
+/// Whether a new backup applies retention afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    Apply,
+    /// A safety backup before a restore: pruning now could delete the very backup about
+    /// to be restored (it would no longer be its day's newest).
+    Defer,
+}
+
+/// Takes a backup now, verifies it and (with [`Retention::Apply`]) applies retention.
+/// Returns its metadata.
+pub async fn take(engine: &dyn Engine, cfg: &Config, retention: Retention) -> anyhow::Result<Meta> {
     let b = settings(cfg)?;
     let (cid, image) = container(engine, cfg, b).await?;
     let dir = &b.dir;
@@ -104,6 +114,12 @@ pub async fn take(engine: &dyn Engine, cfg: &Config) -> anyhow::Result<Meta> {
         .collect();
     let (sha256, size) = stream_to_file(engine, &cid, &cmd, dir, &file).await?;
     let path = dir.join(&file);
+    // Until its metadata is written no listing sees the dump (or the Redis copy): any
+    // error on the way removes them, so no backup is half there.
+    let mut unlisted = vec![TempFile {
+        path: path.clone(),
+        armed: true,
+    }];
     let mut meta = Meta {
         id,
         created_at: berth_core::time::fmt_time(SystemTime::now()),
@@ -142,6 +158,10 @@ pub async fn take(engine: &dyn Engine, cfg: &Config) -> anyhow::Result<Meta> {
         // A Redis problem is recorded, but does not cost the PostgreSQL backup.
         match copy_rdb(engine, cfg, redis, dir, &meta.id).await {
             Ok((file, sum)) => {
+                unlisted.push(TempFile {
+                    path: dir.join(&file),
+                    armed: true,
+                });
                 meta.redis_file = Some(file);
                 meta.redis_sha256 = Some(sum);
             }
@@ -152,6 +172,9 @@ pub async fn take(engine: &dyn Engine, cfg: &Config) -> anyhow::Result<Meta> {
         }
     }
     write_meta(dir, &meta)?;
+    for f in &mut unlisted {
+        f.armed = false;
+    }
     if meta.verified == Some(false) {
         // Kept, but reported: the dump ran, the file does not read back.
         bail!(
@@ -160,7 +183,9 @@ pub async fn take(engine: &dyn Engine, cfg: &Config) -> anyhow::Result<Meta> {
             meta.verify_error.clone().unwrap_or_default()
         );
     }
-    prune(dir, b)?;
+    if retention == Retention::Apply {
+        prune(dir, b)?;
+    }
     Ok(meta)
 }
 
@@ -494,9 +519,11 @@ async fn verify_restore(
     Ok(restored)
 }
 
-/// Replaces the backup's database with the backup: restored into a new database first,
-/// which then takes the old one's place. A failed restore leaves the live database as it
-/// was.
+/// Replaces the backup's database with the backup. The backup is restored into a new
+/// database first; the live one is then renamed aside, the new one renamed into its
+/// place, and only then is the old one dropped. A failure at any step leaves the live
+/// database as it was (renamed back if it had been moved); a restore berth died in the
+/// middle of is set right by the next one.
 pub async fn restore_database(
     engine: &dyn Engine,
     cfg: &Config,
@@ -504,24 +531,87 @@ pub async fn restore_database(
 ) -> anyhow::Result<()> {
     let b = settings(cfg)?;
     let path = meta.path(&b.dir);
-    check_file(meta, &path)?;
+    // Hashing a large dump takes a while: off the async workers.
+    {
+        let (meta, file) = (meta.clone(), path.clone());
+        tokio::task::spawn_blocking(move || check_file(&meta, &file))
+            .await
+            .map_err(|e| anyhow::anyhow!("checking {}: {e}", path.display()))??;
+    }
     let (cid, _) = container(engine, cfg, b).await?;
-    let incoming = format!("{}_berth_restore", b.database);
+    let live = b.database.as_str();
+    let incoming = format!("{live}_berth_restore");
+    let aside = format!("{live}_berth_replaced");
+    let exists = async |db: &str| -> anyhow::Result<bool> {
+        let sql = format!(
+            "SELECT count(*) FROM pg_database WHERE datname = {}",
+            quote_literal(db)
+        );
+        Ok(psql(engine, &cid, b, "postgres", &sql).await? != "0")
+    };
+    // What an interrupted restore left: the live data aside and nothing in its place.
+    if !exists(live).await? && exists(&aside).await? {
+        tracing::warn!(
+            database = live,
+            "an earlier restore was interrupted: putting the live database back first"
+        );
+        rename_database(engine, &cid, b, &aside, live).await?;
+    }
     restore_into(engine, cid.as_str(), b, &path, &incoming).await?;
-    drop_database(engine, &cid, b, &b.database).await?;
-    psql(
-        engine,
-        &cid,
-        b,
-        "postgres",
-        &format!(
-            "ALTER DATABASE {} RENAME TO {}",
-            quote_ident(&incoming),
-            quote_ident(&b.database)
-        ),
-    )
-    .await?;
+    drop_database(engine, &cid, b, &aside).await?;
+    if let Err(e) = rename_database(engine, &cid, b, live, &aside).await {
+        let _ = drop_database(engine, &cid, b, &incoming).await;
+        return Err(e).context("moving the live database aside; it is unchanged");
+    }
+    if let Err(e) = rename_database(engine, &cid, b, &incoming, live).await {
+        let back = rename_database(engine, &cid, b, &aside, live).await;
+        let _ = drop_database(engine, &cid, b, &incoming).await;
+        return match back {
+            Ok(()) => Err(e).context("putting the restored database in place; the live one is back as it was"),
+            Err(back) => Err(e).context(format!(
+                "putting the restored database in place, and moving the live one back failed too ({back:#}): it is database {aside}"
+            )),
+        };
+    }
+    if let Err(e) = drop_database(engine, &cid, b, &aside).await {
+        tracing::warn!(database = %aside, error = %format!("{e:#}"), "dropping the replaced database; drop it by hand");
+    }
     Ok(())
+}
+
+/// Renames a database, ending the sessions that use it first (a probe may connect at
+/// any moment, so it tries a few times).
+async fn rename_database(
+    engine: &dyn Engine,
+    cid: &str,
+    b: &Backup,
+    from: &str,
+    to: &str,
+) -> anyhow::Result<()> {
+    let kick = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = {} AND pid <> pg_backend_pid()",
+        quote_literal(from)
+    );
+    let rename = format!(
+        "ALTER DATABASE {} RENAME TO {}",
+        quote_ident(from),
+        quote_ident(to)
+    );
+    let mut last = None;
+    for _ in 0..5 {
+        psql(engine, cid, b, "postgres", &kick).await?;
+        match psql(engine, cid, b, "postgres", &rename).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("renaming database {from}")))
+        .with_context(|| format!("renaming database {from} to {to}"))
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// The file must be the one the metadata describes.
@@ -541,6 +631,35 @@ fn check_file(meta: &Meta, path: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Removes what no listing sees: temp files of an interrupted backup, and dumps or Redis
+/// copies without their metadata (berth died between the two). Only while no backup
+/// runs (the caller holds the backup lock). Returns the names removed.
+pub fn sweep(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error(e, "reading", dir)),
+    };
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let partial = name.starts_with('.') && name.ends_with(".partial");
+        let orphan = [".dump", ".rdb"].iter().any(|ext| {
+            name.strip_suffix(ext).is_some_and(|id| {
+                !name.starts_with('.') && !dir.join(format!("{id}.json")).exists()
+            })
+        });
+        if (partial || orphan) && e.file_type().is_ok_and(|t| t.is_file()) {
+            let p = e.path();
+            std::fs::remove_file(&p).map_err(|e| io_error(e, "removing", &p))?;
+            tracing::warn!(file = %name, "removed an incomplete backup file");
+            removed.push(name);
+        }
+    }
+    removed.sort();
+    Ok(removed)
 }
 
 /// Every backup in `dir` with its metadata, oldest first.
@@ -616,4 +735,53 @@ pub fn prune(dir: &Path, b: &Backup) -> anyhow::Result<Vec<String>> {
         tracing::info!(backup = %id, "removed by retention");
     }
     Ok(doomed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 15, item 4: a dump without metadata, a Redis copy without metadata and the
+    /// temp files of a killed backup are swept; complete backups stay.
+    #[test]
+    fn orphaned_backup_files_are_swept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        for f in [
+            "20261127T033000Z.dump",
+            "20261127T033000Z.rdb",
+            "20261127T033000Z.json",
+            "20261128T033000Z.dump",
+            "20261128T033000Z.rdb",
+            ".20261128T040000Z.dump.partial",
+            ".20261128T040000Z.json.partial",
+            "notes.txt",
+        ] {
+            std::fs::write(d.join(f), "x").expect("write");
+        }
+        let removed = sweep(d).expect("sweep");
+        assert_eq!(
+            removed,
+            vec![
+                ".20261128T040000Z.dump.partial",
+                ".20261128T040000Z.json.partial",
+                "20261128T033000Z.dump",
+                "20261128T033000Z.rdb",
+            ]
+        );
+        let mut left: Vec<String> = std::fs::read_dir(d)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![
+                "20261127T033000Z.dump",
+                "20261127T033000Z.json",
+                "20261127T033000Z.rdb",
+                "notes.txt"
+            ]
+        );
+    }
 }

@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::api::{DeployRequest, Meta, Reply, RestoreRequest, RollbackRequest};
+use crate::api::{DeployRequest, Meta, Reply, RestoreRequest, Restored, RollbackRequest};
 use crate::tasks::backups::Backups;
 use crate::tasks::deployer::{Deployer, Turn};
 use berth_core::deploy::Record;
@@ -37,12 +37,21 @@ pub async fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
     }
-    // A socket left by a previous run that is not answering is stale.
-    if path.exists() {
+    // A socket left by a previous run that is not answering is stale; anything else at
+    // that path is not berth's to remove.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            anyhow::bail!(
+                "admin socket {} exists and is not a socket: berth will not replace it",
+                path.display()
+            );
+        }
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             anyhow::bail!("another berth is running: {} answers", path.display());
         }
-        let _ = std::fs::remove_file(path);
+        std::fs::remove_file(path)
+            .map_err(|e| anyhow::anyhow!("removing stale socket {}: {e}", path.display()))?;
     }
     let listener = tokio::net::UnixListener::bind(path)
         .map_err(|e| anyhow::anyhow!("cannot listen on admin socket {}: {e}", path.display()))?;
@@ -85,7 +94,7 @@ async fn backup(State(a): State<Admin>) -> Answer<Meta> {
     detached(async move { a.backups.backup_now().await }).await
 }
 
-async fn restore(State(a): State<Admin>, Json(req): Json<RestoreRequest>) -> Answer<Meta> {
+async fn restore(State(a): State<Admin>, Json(req): Json<RestoreRequest>) -> Answer<Restored> {
     detached(async move { a.backups.restore(&req.which).await }).await
 }
 
@@ -129,4 +138,29 @@ pub async fn request<B: Serialize, T: DeserializeOwned>(
         reply.into_result()
     };
     Some(r.await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 15, item 6: only a stale socket is replaced.
+    #[tokio::test]
+    async fn the_admin_socket_path_deletes_nothing_but_a_stale_socket() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("precious");
+        std::fs::write(&file, "keep me").expect("write");
+        let e = bind(&file).await.expect_err("a regular file is refused");
+        assert!(e.to_string().contains("is not a socket"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).expect("read"), "keep me");
+
+        let sock = dir.path().join("admin.sock");
+        let live = bind(&sock).await.expect("bind");
+        let e = bind(&sock)
+            .await
+            .expect_err("a live socket is another berth");
+        assert!(e.to_string().contains("another berth is running"), "{e}");
+        drop(live);
+        bind(&sock).await.expect("a stale socket is replaced");
+    }
 }

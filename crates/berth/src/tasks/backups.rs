@@ -11,11 +11,11 @@ use berth_core::schedule;
 use berth_core::snapshot::{Health, State};
 use chrono::Local;
 use tokio::sync::{Mutex, MutexGuard, Notify};
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
-use crate::api::Meta;
+use crate::api::{Meta, Restored};
 use crate::hub::Hub;
-use crate::io::backup;
+use crate::io::backup::{self, Retention};
 use crate::io::containers::ignore_not_found;
 
 /// How long a restore waits for the services it stopped to be healthy again.
@@ -56,8 +56,15 @@ impl Backups {
 
     /// Takes a backup; the caller holds [`Self::exclusive`].
     pub async fn take(&self, cfg: &Config) -> anyhow::Result<Meta> {
+        self.take_with(cfg, Retention::Apply).await
+    }
+
+    async fn take_with(&self, cfg: &Config, retention: Retention) -> anyhow::Result<Meta> {
         info!("backup starting");
-        let r = backup::take(self.hub.engine.as_ref(), cfg).await;
+        let r = backup::take(self.hub.engine.as_ref(), cfg, retention).await;
+        if r.is_err() {
+            self.sweep(cfg).await;
+        }
         match &r {
             Ok(m) => {
                 info!(backup = %m.id, size = m.size, sha256 = %m.sha256, "backup done");
@@ -69,6 +76,17 @@ impl Backups {
             }
         }
         r
+    }
+
+    /// Removes incomplete backup files (the caller holds [`Self::exclusive`]).
+    async fn sweep(&self, cfg: &Config) {
+        let Some(b) = &cfg.backup else { return };
+        let dir = b.dir.clone();
+        match tokio::task::spawn_blocking(move || backup::sweep(&dir)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %format!("{e:#}"), "removing incomplete backup files"),
+            Err(e) => warn!(error = %e, "removing incomplete backup files"),
+        }
     }
 
     /// Re-reads the backup folder into the snapshot; `error` is the last attempt's.
@@ -95,9 +113,26 @@ impl Backups {
         }
     }
 
-    /// Restores a backup: holds and stops the dependants (the bot), replaces the
-    /// database, releases them and waits until they are healthy again.
-    pub async fn restore(&self, which: &str) -> anyhow::Result<Meta> {
+    /// Takes a backup of the data a restore is about to replace, so the restore can be
+    /// undone; the caller holds [`Self::exclusive`]. A failure is said, not fatal: the
+    /// restore is often wanted because the live data is broken.
+    pub async fn safety_backup(&self, cfg: &Config) -> (Option<String>, Option<String>) {
+        match self.take_with(cfg, Retention::Defer).await {
+            Ok(m) => {
+                info!(backup = %m.id, "safety backup of the data being replaced: `berth restore {}` undoes the restore", m.id);
+                (Some(m.id), None)
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "no safety backup before the restore; restoring anyway");
+                (None, Some(format!("{e:#}")))
+            }
+        }
+    }
+
+    /// Restores a backup: takes a safety backup of the current data, holds and stops the
+    /// dependants (the bot), replaces the database, releases them and waits until they
+    /// are healthy again.
+    pub async fn restore(&self, which: &str) -> anyhow::Result<Restored> {
         let _one = self.lock.lock().await;
         let hub = &self.hub;
         let cfg = hub.config();
@@ -106,6 +141,7 @@ impl Backups {
             .as_ref()
             .context("no [backup] section in the config")?;
         let meta = backup::find(&b.dir, which)?;
+        let (safety, safety_error) = self.safety_backup(&cfg).await;
         let deps = berth_core::dependants(&cfg, &b.service);
         info!(backup = %meta.id, stopping = %deps.join(","), "restore starting");
         let r = {
@@ -145,7 +181,11 @@ impl Backups {
                 deps.join(", ")
             );
         }
-        Ok(meta)
+        Ok(Restored {
+            backup: meta,
+            safety,
+            safety_error,
+        })
     }
 
     /// Runs backups on the configured schedule (local time), re-planned whenever the
@@ -175,6 +215,11 @@ impl Backups {
                 continue;
             };
             if !std::mem::replace(&mut started, true) {
+                {
+                    // What a backup killed with berth left behind.
+                    let _one = self.lock.lock().await;
+                    self.sweep(&cfg).await;
+                }
                 self.refresh(&cfg, None).await;
                 let last = self.hub.read(|s| s.backup.last_ok_at);
                 let newest = match &cfg.backup {

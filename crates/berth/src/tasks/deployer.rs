@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
-use berth_config::{Config, Service, Strategy};
+use berth_config::{Config, Rollback, Service, Strategy};
 use berth_core::deploy::{DeployState, Outcome, Override, Record, Role, Step, Trigger};
 use berth_core::time::fmt_time;
 use tokio::sync::mpsc;
@@ -216,7 +216,8 @@ impl Deployer {
     }
 
     /// `berth deploy SERVICE IMAGE`: Ok when the new image runs healthy; Err when the
-    /// deploy was refused, aborted (old version untouched) or rolled back (with why).
+    /// deploy was refused, aborted (old version untouched), rolled back (with why), or
+    /// failed and left in place for a manual rollback (`deploy.rollback = "manual"`).
     pub async fn deploy(
         &self,
         service: &str,
@@ -231,6 +232,22 @@ impl Deployer {
             },
             Turn::Wait => self.lock.lock().await,
         };
+        let hub = &self.hub;
+        let cfg = hub.config();
+        let svc = service_config(&cfg, service)?;
+        // A rollback may restore only the backup this deploy takes: without one, the
+        // "latest" could be last night's, restored over the live data.
+        let restores = svc.deploy.restore_db_on_rollback && svc.deploy.rollback == Rollback::Auto;
+        if restores && !(backup && cfg.backup.is_some()) {
+            bail!(
+                "{service} has deploy.restore_db_on_rollback, which restores the backup the deploy takes first: deploy without --no-backup{}",
+                if cfg.backup.is_none() {
+                    " and add a [backup] section"
+                } else {
+                    ""
+                }
+            );
+        }
         // A deploy waits for a running backup, and no backup starts during it.
         let _backups = match self.backups.try_exclusive() {
             Some(g) => g,
@@ -239,31 +256,38 @@ impl Deployer {
                 self.backups.exclusive().await
             }
         };
-        let hub = &self.hub;
         let started = Instant::now();
-        let cfg = hub.config();
-        let svc = service_config(&cfg, service)?;
-        let record =
-            |outcome: Outcome, interruption: Option<Duration>, reason: Option<String>| Record {
-                service: service.to_string(),
-                image: image.to_string(),
-                previous_image: svc.image.clone(),
-                at: fmt_time(SystemTime::now()),
-                outcome,
-                trigger: Trigger::Deploy,
-                duration_ms: started.elapsed().as_millis() as u64,
-                interruption_ms: interruption.map(|d| d.as_millis() as u64),
-                reason,
-            };
+        let mut rec = Record {
+            service: service.to_string(),
+            image: image.to_string(),
+            previous_image: svc.image.clone(),
+            at: fmt_time(SystemTime::now()),
+            outcome: Outcome::InFlight,
+            trigger: Trigger::Deploy,
+            duration_ms: 0,
+            interruption_ms: None,
+            reason: None,
+            backup: None,
+            restored: None,
+        };
         // Until a container changes, a failure leaves everything as it was.
-        if let Err(e) = self.prepare(&cfg, &svc, image, backup).await {
-            self.record(record(Outcome::Aborted, None, Some(format!("{e:#}"))))?;
-            return Err(e);
-        }
+        let pre = match self.prepare(&cfg, &svc, image, backup).await {
+            Ok(pre) => pre,
+            Err(e) => {
+                self.record(Record {
+                    outcome: Outcome::Aborted,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    reason: Some(format!("{e:#}")),
+                    ..rec
+                })?;
+                return Err(e);
+            }
+        };
+        rec.backup = pre.as_ref().map(|m| m.id.clone());
 
         // From here the service is held: nothing else restarts or recreates it.
         let hold = hub.hold([service]);
-        self.change(|d| d.in_flight = Some(record(Outcome::InFlight, None, None)))?;
+        self.change(|d| d.in_flight = Some(rec.clone()))?;
         let mut new_svc = svc.clone();
         new_svc.image = image.to_string();
         let name = cfg.container_name(service);
@@ -325,25 +349,48 @@ impl Deployer {
             anyhow::Ok(new_id)
         }
         .await;
-        let (outcome, reason) = match r {
+        let manual = svc.deploy.rollback == Rollback::Manual && !start_first;
+        let finish = |mut rec: Record, outcome: Outcome, reason: Option<String>| {
+            rec.outcome = outcome;
+            rec.reason = reason;
+            rec.duration_ms = started.elapsed().as_millis() as u64;
+            rec.interruption_ms = stopped_at.map(|t| t.elapsed().as_millis() as u64);
+            rec
+        };
+        let rec = match r {
             Ok(new_id) => {
                 info!(service, image, container = %short(&new_id), "deployed");
                 if had_previous {
                     let _ = hub.engine.remove_container(&parked, true).await;
                 }
                 self.set_override(service, image)?;
-                (Outcome::Deployed, None)
+                finish(rec, Outcome::Deployed, None)
+            }
+            Err(e) if manual => {
+                // `rollback = "manual"`: the new version stays (restarted as usual); the
+                // old one waits as `.previous` for `berth rollback`.
+                let reason = format!(
+                    "{e:#}; deploy.rollback is \"manual\": run `berth rollback {service}` to go back to {}",
+                    svc.image
+                );
+                warn!(service, image, error = %reason, "deploy failed; not rolling back");
+                if had_previous {
+                    let _ = hub.engine.remove_container(&parked, true).await;
+                }
+                self.set_override(service, image)?;
+                finish(rec, Outcome::Failed, Some(reason))
             }
             Err(e) => {
                 let reason = format!("{e:#}");
                 warn!(service, image, error = %reason, "deploy failed: rolling back");
+                let restore = if restores { pre.as_ref() } else { None };
                 let back = match (&old, start_first) {
                     // The old container never stopped: only its health needs confirming.
                     (Some(old), true) => {
                         gate::start_and_wait(hub, &svc, old, svc.deploy.health_timeout).await
                     }
                     _ => {
-                        self.roll_back_to_previous(&cfg, &svc, &name, &previous_name)
+                        self.roll_back_to_previous(&cfg, &svc, &name, &previous_name, restore)
                             .await
                     }
                 };
@@ -351,38 +398,41 @@ impl Deployer {
                     // Nothing healthy runs: leave the service to the restarts.
                     drop(hold);
                     let reason = format!("{reason}; the rollback failed too: {back:#}");
-                    self.record(record(
-                        Outcome::Failed,
-                        stopped_at.map(|t| t.elapsed()),
-                        Some(reason.clone()),
-                    ))?;
+                    self.record(finish(rec, Outcome::Failed, Some(reason.clone())))?;
                     bail!("{reason}");
                 }
                 if had_previous {
                     let _ = hub.engine.rename_container(&parked, &previous_name).await;
                 }
-                (Outcome::RolledBack, Some(reason))
+                let mut rec = finish(rec, Outcome::RolledBack, Some(reason));
+                if !start_first {
+                    rec.restored = restore.map(|m| m.id.clone());
+                }
+                rec
             }
         };
-        let rec = record(outcome, stopped_at.map(|t| t.elapsed()), reason.clone());
         drop(hold);
         self.record(rec.clone())?;
-        match reason {
-            None => Ok(rec),
-            Some(reason) => bail!("rolled back to {}: {reason}", rec.previous_image),
+        match (&rec.outcome, &rec.reason) {
+            (Outcome::Deployed, _) => Ok(rec),
+            (Outcome::RolledBack, Some(reason)) => {
+                bail!("rolled back to {}: {reason}", rec.previous_image)
+            }
+            (_, reason) => bail!("{}", reason.clone().unwrap_or_default()),
         }
     }
 
-    /// The steps before any container changes: image present, pre-deploy backup,
-    /// migration in a one-off container of the new image.
+    /// The steps before any container changes: image present, pre-deploy backup (its
+    /// metadata is returned), migration in a one-off container of the new image.
     async fn prepare(
         &self,
         cfg: &Config,
         svc: &Service,
         image: &str,
         backup: bool,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<Meta>> {
         ensure_image(self.hub.engine.as_ref(), image).await?;
+        let mut pre = None;
         if backup && cfg.backup.is_some() {
             // The caller holds the backup lock.
             let meta = self
@@ -391,13 +441,14 @@ impl Deployer {
                 .await
                 .context("pre-deploy backup failed; nothing was changed")?;
             info!(backup = %meta.id, "pre-deploy backup");
+            pre = Some(meta);
         }
         if let Some(cmd) = &svc.deploy.migrate {
             let mut new_svc = svc.clone();
             new_svc.image = image.to_string();
             self.migrate(cfg, &new_svc, cmd).await?;
         }
-        Ok(())
+        Ok(pre)
     }
 
     /// Runs the migration command in a one-off container of the new image, on the stack
@@ -450,13 +501,15 @@ impl Deployer {
         r.context("the old version is untouched")
     }
 
-    /// Stops and removes the failed new container and starts the previous one again.
+    /// Stops and removes the failed new container and starts the previous one again;
+    /// with `restore`, restores that backup (this deploy's own) while neither runs.
     async fn roll_back_to_previous(
         &self,
         cfg: &Config,
         svc: &Service,
         name: &str,
         previous_name: &str,
+        restore: Option<&Meta>,
     ) -> anyhow::Result<()> {
         let hub = &self.hub;
         if let Ok(new) = hub.engine.inspect_container(name).await {
@@ -473,13 +526,11 @@ impl Deployer {
             .await
             .context("no previous container to roll back to")?;
         hub.engine.rename_container(&previous.id, name).await?;
-        if svc.deploy.restore_db_on_rollback
-            && let Some(b) = &cfg.backup
-            && let Ok(meta) = backup::find(&b.dir, "latest")
-        {
-            backup::restore_database(hub.engine.as_ref(), cfg, &meta)
+        if let Some(meta) = restore {
+            warn!(service = %svc.name, backup = %meta.id, "rolling back: restoring the database from the pre-deploy backup");
+            backup::restore_database(hub.engine.as_ref(), cfg, meta)
                 .await
-                .context("restoring the pre-deploy backup")?;
+                .with_context(|| format!("restoring the pre-deploy backup {}", meta.id))?;
         }
         gate::start_and_wait(hub, svc, &previous.id, svc.deploy.health_timeout)
             .await
@@ -508,6 +559,11 @@ impl Deployer {
         };
         let name = cfg.container_name(service);
         let previous_name = Role::Previous.name(&name);
+        // The data about to be replaced, so that the restore can be undone.
+        let safety = match &pre_deploy {
+            Some(_) => Some(self.backups.safety_backup(&cfg).await),
+            None => None,
+        };
         let previous = hub
             .engine
             .inspect_container(&previous_name)
@@ -523,10 +579,20 @@ impl Deployer {
             trigger: Trigger::Rollback,
             duration_ms: started.elapsed().as_millis() as u64,
             interruption_ms: interruption.map(|d| d.as_millis() as u64),
-            reason: Some(match &pre_deploy {
-                Some(m) => format!("berth rollback --restore-db (backup {})", m.id),
-                None => "berth rollback".into(),
+            reason: Some(match (&pre_deploy, &safety) {
+                (Some(m), Some((Some(s), _))) => format!(
+                    "berth rollback --restore-db (backup {}; the data it replaced is in backup {s})",
+                    m.id
+                ),
+                (Some(m), Some((None, Some(e)))) => format!(
+                    "berth rollback --restore-db (backup {}; no safety backup: {e})",
+                    m.id
+                ),
+                (Some(m), _) => format!("berth rollback --restore-db (backup {})", m.id),
+                (None, _) => "berth rollback".into(),
             }),
+            backup: None,
+            restored: pre_deploy.as_ref().map(|m| m.id.clone()),
         };
         let hold = hub.hold([service]);
         self.change(|d| d.in_flight = Some(record(svc.image.clone(), Outcome::InFlight, None)))?;

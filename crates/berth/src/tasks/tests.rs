@@ -313,6 +313,8 @@ fn in_flight() -> DeployState {
             duration_ms: 0,
             interruption_ms: None,
             reason: None,
+            backup: None,
+            restored: None,
         }),
         ..DeployState::default()
     }

@@ -5,10 +5,13 @@
 //! - `test`:   images, then the whole test suite (unit and integration, real engine)
 //! - `bench`:  berth against the plain-Docker way (`--quick` for fewer runs)
 //! - `faults`: the fault-injection cases, one PASS/FAIL line each
+//! - `lint`:   the architecture rules (pure core crate, bollard in one crate, no module
+//!   import cycles)
 
 mod bench;
 mod faults;
 mod images;
+mod lint;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,9 +26,10 @@ fn main() -> std::process::ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("faults") => faults::run(),
+        Some("lint") => lint::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <images|demo|test [cargo test args]|bench [--quick] [NAME…]|faults>"
+                "usage: cargo xtask <images|demo|test [cargo test args]|bench [--quick] [NAME…]|faults|lint [SRC_DIR…]>"
             );
             return std::process::ExitCode::from(2);
         }

@@ -635,7 +635,7 @@ impl S3Server {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("moto_server (pip install 'moto[server]'; .ci/run installs it)");
+            .expect("moto_server (pip install 'moto[server]'; cargo xtask test installs it)");
         let s = S3Server {
             port,
             child: Some(child),
@@ -747,7 +747,9 @@ impl Registry {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("docker-registry (apt-get install docker-registry; .ci/run installs it)");
+            .expect(
+                "docker-registry (apt-get install docker-registry; cargo xtask test installs it)",
+            );
         wait_for("the registry", Duration::from_secs(30), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });

@@ -506,19 +506,6 @@ fn crash_restart(bin: &Path, dir: &Path, runs: usize) -> anyhow::Result<Result> 
     })
 }
 
-fn tool(name: &str) -> anyhow::Result<()> {
-    if Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()?
-        .status
-        .success()
-    {
-        Ok(())
-    } else {
-        bail!("{name} is missing: apt-get install {name}")
-    }
-}
-
 /// Requests per second wrk measured against `url` (2 threads, 32 connections).
 fn wrk(url: &str, secs: u32) -> anyhow::Result<f64> {
     let out = Command::new("wrk")
@@ -533,8 +520,6 @@ fn wrk(url: &str, secs: u32) -> anyhow::Result<f64> {
 }
 
 fn health_rps(bin: &Path, dir: &Path, quick: bool) -> anyhow::Result<Result> {
-    tool("wrk")?;
-    tool("nginx")?;
     let project = "bench-rps";
     let port = free_port()?;
     clean(project);

@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 use sha2::{Digest, Sha256};
 
-use crate::{cargo_build, root, run, target_dir};
+use crate::{cargo_build, root, target_dir};
 
 pub const BASE: &str = "berth-demo/base:bookworm";
 /// Debian with systemd as PID 1, for testing the unit and setup-droplet.sh.
@@ -304,34 +304,6 @@ fn mirror() -> anyhow::Result<String> {
     )
 }
 
-fn ensure_debootstrap() -> anyhow::Result<()> {
-    if Command::new("debootstrap")
-        .arg("--version")
-        .output()
-        .is_ok()
-    {
-        return Ok(());
-    }
-    let root_user = nix_is_root();
-    let debian = Path::new("/etc/debian_version").exists();
-    if root_user && debian {
-        eprintln!("debootstrap is missing: installing it with apt-get");
-        run(Command::new("apt-get").args(["update", "-qq"]))?;
-        run(Command::new("apt-get").args(["install", "-y", "-qq", "debootstrap"]))?;
-        return Ok(());
-    }
-    bail!(
-        "debootstrap is missing. Install it as root: `apt-get install debootstrap` (Debian/Ubuntu), then run `cargo xtask images` as root"
-    )
-}
-
-fn nix_is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
 /// A minbase bookworm with the packages of `list`, imported with `docker import` as `tag`.
 fn ensure_rootfs_image(tag: &str, list: &str, slim: &[&str], cmd: &str) -> anyhow::Result<String> {
     let pkgs = packages(list)?;
@@ -346,8 +318,8 @@ fn ensure_rootfs_image(tag: &str, list: &str, slim: &[&str], cmd: &str) -> anyho
         eprintln!("{tag}: cached");
         return image_id(tag);
     }
-    ensure_debootstrap()?;
-    if !nix_is_root() {
+    // debootstrap itself: `tools::ensure` installed it before any image is built.
+    if !crate::tools::is_root() {
         bail!("building {tag} needs root (debootstrap): run `sudo cargo xtask images`");
     }
     let rootfs = target_dir().join(format!("images/rootfs-{hash}"));

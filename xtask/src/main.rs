@@ -5,6 +5,8 @@
 //! - `test`:   images, then the whole test suite (unit and integration, real engine)
 //! - `bench`:  berth against the plain-Docker way (`--quick` for fewer runs)
 //! - `faults`: the fault-injection cases, one PASS/FAIL line each
+//! - `tools`:  install the programs the commands above need (xtask/tools.txt); each of
+//!   them does this for itself first
 //! - `lint`:   the architecture rules (pure core crate, bollard in one crate, no module
 //!   import cycles)
 
@@ -12,6 +14,7 @@ mod bench;
 mod faults;
 mod images;
 mod lint;
+mod tools;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -21,15 +24,19 @@ use anyhow::{Context as _, bail};
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
-        Some("images") => images::build_all().and_then(|()| images::build_systemd()),
-        Some("demo") => demo(),
-        Some("test") => test(&args[1..]),
-        Some("bench") => bench::run(&args[1..]),
-        Some("faults") => faults::run(),
+        // Each command first installs the tools it needs (or stops, saying which are missing).
+        Some("images") => tools::ensure("images")
+            .and_then(|()| images::build_all())
+            .and_then(|()| images::build_systemd()),
+        Some("demo") => tools::ensure("demo").and_then(|()| demo()),
+        Some("test") => tools::ensure("test").and_then(|()| test(&args[1..])),
+        Some("bench") => tools::ensure("bench").and_then(|()| bench::run(&args[1..])),
+        Some("faults") => tools::ensure("faults").and_then(|()| faults::run()),
+        Some("tools") => tools::run(&args[1..]),
         Some("lint") => lint::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <images|demo|test [cargo test args]|bench [--quick] [NAME…]|faults|lint [SRC_DIR…]>"
+                "usage: cargo xtask <images|demo|test [cargo test args]|bench [--quick] [NAME…]|faults|tools [COMMAND…]|lint [SRC_DIR…]>"
             );
             return std::process::ExitCode::from(2);
         }
@@ -67,7 +74,7 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
     c
@@ -169,19 +176,9 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `target/debian/berth.deb`, built with cargo-deb (installed first if missing) for the
+/// `target/debian/berth.deb`, built with cargo-deb (`tools::ensure` installed it) for the
 /// packaging test.
 fn debian_package() -> anyhow::Result<()> {
-    let have = cargo()
-        .args(["deb", "--version"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have {
-        eprintln!("cargo-deb is missing: installing it (cargo install cargo-deb)");
-        run(cargo().args(["install", "--locked", "--quiet", "cargo-deb"]))?;
-    }
     let out = target_dir().join("debian/berth.deb");
     run(cargo()
         .args(["deb", "--quiet", "-p", "berth", "--output"])

@@ -121,3 +121,148 @@ fn a_container_over_its_memory_limit_is_restarted_and_reported() {
         "{metrics}"
     );
 }
+
+/// Issue 15, item 3: a damaged deploys.json changes no running container: berth keeps a
+/// copy, says so in /health, and waits for a person.
+#[test]
+fn a_corrupt_deploy_state_changes_no_container() {
+    let stack = Stack::new("corruptstate");
+    stack.write_config(&stack.demo_config("berth-demo/bot:1"));
+    let mut d = stack.start();
+    d.wait_healthy(UP);
+    let out = stack.berth(&["deploy", "bot", "berth-demo/bot:2", "--no-backup"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = stack.containers();
+    d.kill9();
+    let state = stack.dir.path().join("state");
+    std::fs::write(state.join("deploys.json"), "{\"overrides\": {\"bot\": ").expect("write");
+    let d2 = stack.start();
+    let h = d2.wait_health("the damage is reported", UP, |h| {
+        h["state_error"].is_string() && h["engine"] == "connected"
+    });
+    assert_eq!(h["status"], "degraded", "{h}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(stack.containers(), before, "no container was replaced");
+    assert_eq!(
+        inspect(&before["bot"])["Config"]["Image"],
+        "berth-demo/bot:2",
+        "the deployed bot runs on"
+    );
+    let copies = std::fs::read_dir(&state)
+        .expect("ls")
+        .filter(|e| {
+            e.as_ref().is_ok_and(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("deploys.json.damaged-")
+            })
+        })
+        .count();
+    assert_eq!(copies, 1, "a copy is kept aside");
+}
+
+/// Issue 15, item 4: what a backup killed between the dump and its metadata left (a dump
+/// no listing sees, temp files) is removed at start-up; complete backups stay.
+#[test]
+fn a_crash_between_dump_and_metadata_leaves_nothing_behind() {
+    let stack = Stack::new("orphans");
+    stack.write_config(&format!(
+        "{}\n[backup]\nservice = \"postgres\"\ndir = \"backups\"\n",
+        stack.demo_config("berth-demo/bot:1")
+    ));
+    let mut d = stack.start();
+    d.wait_healthy(UP);
+    let out = stack.berth(&["backup"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    d.kill9();
+    let dir = stack.dir.path().join("backups");
+    for f in ["20200101T000000Z.dump", ".20200101T000001Z.dump.partial"] {
+        std::fs::write(dir.join(f), "half a backup").expect("write");
+    }
+    let d2 = stack.start();
+    d2.wait_health("up", UP, |h| h["status"] != "down");
+    wait_for("the orphans swept", Duration::from_secs(30), || {
+        (!dir.join("20200101T000000Z.dump").exists()
+            && !dir.join(".20200101T000001Z.dump.partial").exists())
+        .then_some(())
+    });
+    assert!(dir.join(format!("{id}.dump")).exists());
+    assert!(dir.join(format!("{id}.json")).exists());
+}
+
+/// Issue 15, item 7: the client of a deploy killed mid-way neither aborts nor wedges it.
+#[test]
+fn an_admin_client_killed_mid_deploy_leaves_one_bot_and_an_outcome() {
+    let stack = Stack::new("clientkill");
+    stack.write_config(&stack.demo_config("berth-demo/bot:1"));
+    let mut d = stack.start();
+    d.wait_healthy(UP);
+    let mut client = std::process::Command::new(berth_bin())
+        .args([
+            "deploy",
+            "bot",
+            "berth-demo/bot:broken",
+            "--no-backup",
+            "-c",
+        ])
+        .arg(&stack.config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("berth deploy");
+    std::thread::sleep(Duration::from_secs(2));
+    client.kill().expect("kill the client");
+    let _ = client.wait();
+    let h = d.wait_health(
+        "the deploy ended on its own",
+        Duration::from_secs(180),
+        |h| h["deploy"]["bot"]["outcome"] == "rolled_back" && h["status"] == "ok",
+    );
+    assert_eq!(h["deploy"]["bot"]["image"], "berth-demo/bot:broken");
+    let bots: Vec<String> = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=berth.project={}", stack.project),
+        "--filter",
+        "label=berth.service=bot",
+    ])
+    .expect("docker ps")
+    .lines()
+    .map(str::to_string)
+    .collect();
+    assert_eq!(bots.len(), 1, "exactly one bot runs");
+    let polls: serde_json::Value = http_client()
+        .get(stack.telegram("/_control/polls"))
+        .send()
+        .expect("polls")
+        .json()
+        .expect("json");
+    assert_eq!(polls["conflicts"], 0);
+}
+
+/// Issue 15, item 8: a task that panics ends berth with an error (systemd restarts it),
+/// instead of leaving a process that answers /health while nothing is supervised.
+#[test]
+fn a_panicking_task_ends_berth_with_an_error() {
+    let stack = Stack::new("panic");
+    stack.write_config(&stack.demo_config("berth-demo/bot:1"));
+    let mut d = stack.start_with_env(&[("BERTH_FAULT_PANIC", "resources")]);
+    let code = d.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(1), "{}", d.logs());
+    let log = d.logs();
+    assert!(log.contains("a task panicked"), "{log}");
+    assert!(
+        log.contains("the resources task panics on purpose"),
+        "{log}"
+    );
+}

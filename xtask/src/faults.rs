@@ -10,6 +10,34 @@ use crate::{cargo_build, images, root};
 /// (case, package, test target: `Some(file)` or the lib, test name filter, exact)
 const CASES: &[(&str, &str, Option<&str>, &str, bool)] = &[
     (
+        "corrupt-deploy-state",
+        "berth-tests",
+        Some("faults"),
+        "a_corrupt_deploy_state_changes_no_container",
+        true,
+    ),
+    (
+        "crash-between-dump-and-metadata",
+        "berth-tests",
+        Some("faults"),
+        "a_crash_between_dump_and_metadata_leaves_nothing_behind",
+        true,
+    ),
+    (
+        "admin-client-killed-mid-deploy",
+        "berth-tests",
+        Some("faults"),
+        "an_admin_client_killed_mid_deploy_leaves_one_bot_and_an_outcome",
+        true,
+    ),
+    (
+        "panicking-task",
+        "berth-tests",
+        Some("faults"),
+        "a_panicking_task_ends_berth_with_an_error",
+        true,
+    ),
+    (
         "kill-supervisor",
         "berth-tests",
         Some("faults"),

@@ -343,15 +343,18 @@ impl Tracker {
                 ))
                 .line(format!("Look further: berth status; berth rollback {svc}")),
                 // `berth rollback` is what a person asked for: no news.
-                Outcome::RolledBack if r.trigger == Trigger::Deploy => Message::new(
+                Outcome::RolledBack if r.trigger != Trigger::Rollback => Message::new(
                     &format!("deploy:{svc}"),
                     "deploy_rolled_back",
                     Some(svc),
                     Status::Info,
-                    format!(
-                        "the deploy of {} to {svc} failed and was rolled back",
-                        r.image
-                    ),
+                    match r.trigger {
+                        Trigger::Change => format!("the change to {svc} was rolled back"),
+                        _ => format!(
+                            "the deploy of {} to {svc} failed and was rolled back",
+                            r.image
+                        ),
+                    },
                 )
                 .line(format!("What happened: {reason}"))
                 .line(match &r.restored {
@@ -369,7 +372,10 @@ impl Tracker {
                     &format!("deploy_{}", r.outcome),
                     Some(svc),
                     Status::Info,
-                    format!("the deploy of {} to {svc} {}", r.image, r.outcome),
+                    match r.trigger {
+                        Trigger::Change => format!("the change to {svc} {}", r.outcome),
+                        _ => format!("the deploy of {} to {svc} {}", r.image, r.outcome),
+                    },
                 )
                 .line(format!("What happened: {reason}"))
                 .line(match r.outcome {
@@ -552,6 +558,24 @@ impl Tracker {
                 },
             );
         }
+        if let Some(e) = &snap.state_error {
+            out.insert(
+                "state".into(),
+                Condition {
+                    firing: Message::new(
+                        "state",
+                        "state_damaged",
+                        None,
+                        Status::Firing,
+                        "berth's deploy state is damaged".into(),
+                    )
+                    .line(format!("What happened: {e}"))
+                    .line("What berth did: kept a copy aside and holds every service as it is: no restart, no recreate, no deploy.")
+                    .line("Look further: journalctl -u berth -n 50; fix or remove the file, then systemctl reload berth"),
+                    resolved: "berth's deploy state is readable again".into(),
+                },
+            );
+        }
         if let Some(e) = &snap.config.error {
             out.insert(
                 "config".into(),
@@ -621,6 +645,31 @@ pub fn unclean_start() -> Message {
 pub fn test_message() -> Message {
     Message::new("test", "test", None, Status::Info, "test alert".into())
         .line("If you read this, berth can reach you here.")
+}
+
+/// Attempts at delivering one message before it is given up.
+pub const DELIVERY_ATTEMPTS: u32 = 8;
+const DELIVERY_RETRY_FIRST: Duration = Duration::from_secs(1);
+const DELIVERY_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// What to do after attempt number `attempt` (1, 2, …) of delivering a message failed,
+/// with the HTTP status the receiver answered, if it answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redelivery {
+    /// Try again after this long.
+    After(Duration),
+    /// Drop this message and go on with the next: a 4xx will not change by retrying (but
+    /// 408 and 429), and no message may block the queue for ever.
+    GiveUp,
+}
+
+pub fn redelivery(attempt: u32, status: Option<u16>) -> Redelivery {
+    let permanent = status.is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429);
+    if permanent || attempt >= DELIVERY_ATTEMPTS {
+        return Redelivery::GiveUp;
+    }
+    let exp = attempt.saturating_sub(1).min(16);
+    Redelivery::After((DELIVERY_RETRY_FIRST * (1 << exp)).min(DELIVERY_RETRY_MAX))
 }
 
 #[cfg(test)]

@@ -103,6 +103,9 @@ pub enum Trigger {
     Deploy,
     /// `berth rollback`.
     Rollback,
+    /// A change of the service's settings (a reload, the env file), applied as a gated
+    /// replacement of its container.
+    Change,
 }
 
 /// **API boundary** (state file and `/health`): one deploy or rollback.
@@ -247,18 +250,14 @@ impl DeployState {
         out
     }
 
-    /// The time of the deploy that put `image` on `service`, the newest first.
-    pub fn deployed_at(&self, service: &str, image: &str) -> Option<&str> {
-        self.history
-            .iter()
-            .rev()
-            .find(|r| {
-                r.service == service
-                    && r.image == image
-                    && r.outcome == Outcome::Deployed
-                    && r.trigger == Trigger::Deploy
-            })
-            .map(|r| r.at.as_str())
+    /// The newest deploy that put `image` on `service`.
+    pub fn deployed(&self, service: &str, image: &str) -> Option<&Record> {
+        self.history.iter().rev().find(|r| {
+            r.service == service
+                && r.image == image
+                && r.outcome == Outcome::Deployed
+                && r.trigger == Trigger::Deploy
+        })
     }
 }
 
@@ -457,8 +456,8 @@ mod tests {
         assert_eq!(d.history.len(), HISTORY);
         assert_eq!(d.in_flight, None);
         assert_eq!(d.latest()["bot"].outcome, Outcome::RolledBack);
-        assert!(d.deployed_at("bot", "bot:22").is_some());
-        assert!(d.deployed_at("bot", "bot:3").is_none());
+        assert!(d.deployed("bot", "bot:22").is_some());
+        assert!(d.deployed("bot", "bot:3").is_none());
     }
 
     #[test]

@@ -26,5 +26,5 @@ pub mod time;
 
 pub use plan::{
     Action, Held, LABEL_PROJECT, LABEL_SERVICE, LABEL_SPEC_HASH, Observed, ObservedContainer,
-    Reason, dependants, plan,
+    Reason, Rejected, dependants, plan,
 };

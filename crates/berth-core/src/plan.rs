@@ -71,6 +71,15 @@ pub enum Action {
         service: String,
         reason: Reason,
     },
+    /// Replace the service's container (`id`, `name`) by one of the new spec, gated and
+    /// reversible: the old one is kept (stopped) until the new one is healthy, and comes
+    /// back if it is not.
+    ReplaceContainer {
+        service: String,
+        id: String,
+        name: String,
+        reason: Reason,
+    },
     /// Start the service's container (just created, or existing but stopped).
     StartContainer {
         service: String,
@@ -84,6 +93,7 @@ impl Action {
             Action::CreateNetwork { .. } | Action::CreateVolume { .. } => None,
             Action::RemoveContainer { service, .. }
             | Action::CreateContainer { service, .. }
+            | Action::ReplaceContainer { service, .. }
             | Action::StartContainer { service } => Some(service),
         }
     }
@@ -103,6 +113,15 @@ impl fmt::Display for Action {
             Action::CreateContainer { service, reason } => {
                 write!(f, "create container for {service}: {reason}")
             }
+            Action::ReplaceContainer {
+                service,
+                name,
+                reason,
+                ..
+            } => write!(
+                f,
+                "replace container {name} of {service}: {reason} (gated: the old one stays until the new one is healthy, and comes back if it is not)"
+            ),
             Action::StartContainer { service } => write!(f, "start {service}"),
         }
     }
@@ -111,10 +130,21 @@ impl fmt::Display for Action {
 /// Services held by a deploy, rollback or restore in progress: never touched by a plan.
 pub type Held = BTreeSet<String>;
 
+/// Changes that were tried and rolled back: service → the spec hash that failed. The
+/// plan does not try that spec again (until the file changes it once more); the old
+/// container stays.
+pub type Rejected = BTreeMap<String, String>;
+
 /// Actions that bring `observed` to `desired`, in an order that is safe to run one by
 /// one: network and volumes, then removals, then per service (dependencies first)
-/// create/start. Containers that match are adopted: no action at all.
-pub fn plan(desired: &Config, observed: &Observed, held: &Held) -> Vec<Action> {
+/// create/start/replace. Containers that match are adopted: no action at all. A spec
+/// change is a gated replacement, unless that very spec was `rejected` before.
+pub fn plan(
+    desired: &Config,
+    observed: &Observed,
+    held: &Held,
+    rejected: &Rejected,
+) -> Vec<Action> {
     let mut actions = Vec::new();
     let net = desired.network_name();
     if !observed.networks.contains(&net) {
@@ -148,15 +178,22 @@ pub fn plan(desired: &Config, observed: &Observed, held: &Held) -> Vec<Action> {
         }
         let want = desired.services[&name].spec_hash();
         let found = by_service.get(name.as_str()).cloned().unwrap_or_default();
-        // Keep the best match: right hash first, then running; the rest are duplicates.
-        let keep = found
-            .iter()
-            .copied()
-            .filter(|c| c.spec_hash == want)
-            .max_by_key(|c| (c.running, std::cmp::Reverse(c.id.clone())));
+        // Keep the best match: right hash first, then running. Without one, the best
+        // other container (running first) is the one a change replaces; the rest are
+        // duplicates.
+        let best = |it: &mut dyn Iterator<Item = &ObservedContainer>| {
+            it.max_by_key(|c| (c.running, std::cmp::Reverse(c.id.clone())))
+                .cloned()
+        };
+        let keep = best(&mut found.iter().copied().filter(|c| c.spec_hash == want));
+        let old = match keep {
+            Some(_) => None,
+            None => best(&mut found.iter().copied()),
+        };
+        let primary = keep.as_ref().or(old.as_ref()).map(|c| c.id.clone());
         for c in &found {
-            if Some(c.id.as_str()) != keep.map(|k| k.id.as_str()) {
-                let reason = if keep.is_some() || c.spec_hash == want {
+            if Some(&c.id) != primary.as_ref() {
+                let reason = if keep.is_some() || c.spec_hash == want || old.is_some() {
                     Reason::Duplicate
                 } else {
                     Reason::SpecChanged {
@@ -167,20 +204,28 @@ pub fn plan(desired: &Config, observed: &Observed, held: &Held) -> Vec<Action> {
                 removals.push(remove(c, reason));
             }
         }
-        match keep {
-            Some(c) if c.running => {}
-            Some(_) => per_service.push(Action::StartContainer { service: name }),
-            None => {
-                let reason = match found.first() {
-                    Some(old) => Reason::SpecChanged {
-                        from: old.spec_hash.clone(),
-                        to: want,
-                    },
-                    None => Reason::Missing,
-                };
+        match (keep, old) {
+            (Some(c), _) if c.running => {}
+            (Some(_), _) => per_service.push(Action::StartContainer { service: name }),
+            (None, Some(old)) if rejected.get(&name) == Some(&want) => {
+                // Tried and rolled back: the old container serves on.
+                if !old.running {
+                    per_service.push(Action::StartContainer { service: name });
+                }
+            }
+            (None, Some(old)) => per_service.push(Action::ReplaceContainer {
+                service: name.clone(),
+                id: old.id.clone(),
+                name: old.name.clone(),
+                reason: Reason::SpecChanged {
+                    from: old.spec_hash.clone(),
+                    to: want,
+                },
+            }),
+            (None, None) => {
                 per_service.push(Action::CreateContainer {
                     service: name.clone(),
-                    reason,
+                    reason: Reason::Missing,
                 });
                 per_service.push(Action::StartContainer { service: name });
             }

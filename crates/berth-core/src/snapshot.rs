@@ -233,6 +233,9 @@ pub struct Snapshot {
     pub deploy: BTreeMap<String, Record>,
     /// Alert channels and how their deliveries go.
     pub alerts: BTreeMap<String, ChannelStatus>,
+    /// berth's own state (deploys.json) could not be read: it changes no container until
+    /// a person fixes or removes the file.
+    pub state_error: Option<String>,
 }
 
 impl Snapshot {
@@ -251,6 +254,7 @@ impl Snapshot {
             backup: BackupStatus::default(),
             deploy: BTreeMap::new(),
             alerts: BTreeMap::new(),
+            state_error: None,
         }
     }
 
@@ -273,6 +277,9 @@ impl Snapshot {
 
     /// What needs attention while every service is healthy, if anything.
     pub fn attention(&self, now: SystemTime) -> Option<String> {
+        if let Some(e) = &self.state_error {
+            return Some(format!("changing no container: {e}"));
+        }
         // Up between crashes is not fine: until the loop is over (fewer restarts in the
         // window) the stack is degraded rather than flipping between down and ok.
         let looping: Vec<&str> = self
@@ -369,6 +376,7 @@ impl Snapshot {
             resources: self.resources.clone(),
             deploy: self.deploy.clone(),
             alerts: self.alerts.clone(),
+            state_error: self.state_error.clone(),
         }
     }
 }
@@ -403,6 +411,9 @@ pub struct HealthDoc {
     pub resources: Option<Resources>,
     pub deploy: BTreeMap<String, Record>,
     pub alerts: BTreeMap<String, ChannelStatus>,
+    /// Set when berth's own state file is damaged (see [`Snapshot::state_error`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_error: Option<String>,
 }
 
 #[cfg(test)]

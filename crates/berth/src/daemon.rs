@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use crate::hub::Hub;
+use crate::hub::{Hub, mono_now};
 use crate::io::statefile;
 use crate::notify;
 use crate::serve::{admin, http};
@@ -54,18 +54,35 @@ pub async fn run(file: Config, path: PathBuf) -> anyhow::Result<()> {
     std::fs::write(&marker, std::process::id().to_string())
         .with_context(|| format!("writing {}", marker.display()))?;
 
-    let mut deploys = statefile::load_deploys(&state_dir).unwrap_or_else(|e| {
-        warn!(error = %format!("{e:#}"), "starting with an empty deploy state");
-        DeployState::default()
-    });
+    // A damaged deploys.json is kept (and a copy set aside): berth then changes no
+    // container until a person fixes or removes it, rather than recreating the bot on
+    // the file's old image.
+    let (mut deploys, damaged) = match statefile::load_deploys(&state_dir) {
+        Ok(d) => (d, None),
+        Err(e) => {
+            let why = match statefile::keep_damaged(&state_dir, SystemTime::now()) {
+                Ok(copy) => format!("{e:#} (a copy is kept as {})", copy.display()),
+                Err(c) => format!("{e:#} (no copy could be kept: {c:#})"),
+            };
+            (DeployState::default(), Some(why))
+        }
+    };
     let (cfg, dropped) = deploys.apply(file.clone());
-    if dropped && let Err(e) = statefile::save_deploys(&state_dir, &deploys) {
+    if dropped
+        && damaged.is_none()
+        && let Err(e) = statefile::save_deploys(&state_dir, &deploys)
+    {
         warn!(error = %format!("{e:#}"), "saving the deploy state");
     }
     let hub = Hub::new(engine, cfg);
     let offsite_wake = Arc::new(Notify::new());
     let backups = Backups::new(hub.clone(), offsite_wake.clone());
-    let deployer = Deployer::new(hub.clone(), backups.clone(), file, deploys);
+    let deployer = Deployer::new(
+        hub.clone(),
+        backups.clone(),
+        file,
+        damaged.map_or(Ok(deploys), Err),
+    );
     let (restarter, restarter_task) = Restarter::start(hub.clone());
     let reconciler = Reconciler::new(hub.clone(), restarter.clone(), deployer.clone());
 
@@ -101,6 +118,7 @@ pub async fn run(file: Config, path: PathBuf) -> anyhow::Result<()> {
     }));
 
     let mut ready = false;
+    let mut wedged = false;
     let watchdog = notify::watchdog_interval();
     let mut wd_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let summary = |hub: &Hub| hub.read(|s| s.summary(SystemTime::now()));
@@ -112,10 +130,20 @@ pub async fn run(file: Config, path: PathBuf) -> anyhow::Result<()> {
                 info!(status = %summary, "first convergence done");
                 notify::ready(&summary);
             }
-            _ = wd_tick.tick(), if watchdog.is_some() => notify::watchdog(),
+            _ = wd_tick.tick(), if watchdog.is_some() => {
+                // Pinged only while every core loop shows progress: a wedged loop in a
+                // live process gets berth restarted by systemd.
+                let stalled = hub.stalled(mono_now());
+                if stalled.is_empty() {
+                    notify::watchdog();
+                    wedged = false;
+                } else if !std::mem::replace(&mut wedged, true) {
+                    error!(tasks = %stalled.join(", "), "no progress: not pinging the systemd watchdog");
+                }
+            }
             _ = hup.recv() => {
                 notify::reloading();
-                if let Err(e) = reload(&hub, &deployer, &path) {
+                if let Err(e) = reload(&hub, &deployer, &path).await {
                     error!(error = %e, "reload rejected; keeping the running config");
                     hub.update(|s| s.config.error = Some(e));
                 }
@@ -154,7 +182,7 @@ pub async fn run(file: Config, path: PathBuf) -> anyhow::Result<()> {
 
 /// SIGHUP: the file again. A file that does not validate, or that changes what only a
 /// restart can change, is refused whole and the running state kept.
-fn reload(hub: &Hub, deployer: &Arc<Deployer>, path: &std::path::Path) -> Result<(), String> {
+async fn reload(hub: &Hub, deployer: &Arc<Deployer>, path: &std::path::Path) -> Result<(), String> {
     let new = berth_config::load(path).map_err(|errs| errs.to_string())?;
     let refused = hub.config().supervisor.restart_needed(&new.supervisor);
     if !refused.is_empty() {
@@ -164,15 +192,29 @@ fn reload(hub: &Hub, deployer: &Arc<Deployer>, path: &std::path::Path) -> Result
             refused.join(", ")
         ));
     }
+    deployer.reload(new).await?;
     info!(config = %path.display(), "reloaded config");
-    deployer.reload(new);
     Ok(())
 }
 
 /// A task's future that answers its name when it ends.
 async fn named(name: &'static str, f: impl std::future::Future<Output = ()>) -> &'static str {
-    f.await;
+    let f = std::pin::pin!(f);
+    tokio::select! {
+        _ = f => {}
+        _ = fault_panic(name) => {}
+    }
     name
+}
+
+/// Fault injection for the fault cases, in debug builds only: `BERTH_FAULT_PANIC=<task>`
+/// makes that task panic two seconds after start. Release builds never panic here.
+async fn fault_panic(task: &str) {
+    if cfg!(debug_assertions) && std::env::var("BERTH_FAULT_PANIC").is_ok_and(|t| t == task) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        panic!("BERTH_FAULT_PANIC: the {task} task panics on purpose");
+    }
+    std::future::pending::<()>().await
 }
 
 /// A task spawned elsewhere, joined under its name; its panic is passed on.

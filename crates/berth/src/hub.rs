@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use berth_config::Config;
-use berth_core::Held;
+use berth_config::{Config, Service};
 use berth_core::snapshot::{ServiceStatus, Snapshot};
+use berth_core::{Held, Rejected};
 use berth_engine::Engine;
 use tokio::sync::{Notify, watch};
 
@@ -30,7 +30,18 @@ pub struct Hub {
     /// Containers berth itself is stopping or removing: their `die` is not a crash.
     expected_stops: Mutex<HashMap<String, Instant>>,
     reconcile: Notify,
+    /// The core loops' last sign of progress, and how long each may stay silent.
+    beats: Mutex<BTreeMap<&'static str, (Instant, Duration)>>,
+    /// Changes tried and rolled back: service → (the spec hash that failed, the settings
+    /// of the container that serves on).
+    rejected: Mutex<BTreeMap<String, (String, Service, Instant)>>,
+    /// The configs in force before the current one (the newest last): the settings a
+    /// running container was made with, when a change to them fails.
+    history: Mutex<std::collections::VecDeque<Arc<Config>>>,
 }
+
+/// Configs kept in [`Hub::settings_of`]'s history.
+const HISTORY: usize = 8;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The data behind these locks stays consistent across a panic (single assignments).
@@ -53,6 +64,9 @@ impl Hub {
             holds: Mutex::new(BTreeMap::new()),
             expected_stops: Mutex::new(HashMap::new()),
             reconcile: Notify::new(),
+            beats: Mutex::new(BTreeMap::new()),
+            rejected: Mutex::new(BTreeMap::new()),
+            history: Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -77,7 +91,68 @@ impl Hub {
                     .image = svc.image.clone();
             }
         });
-        self.config.send_replace(Arc::new(cfg));
+        let old = self.config.send_replace(Arc::new(cfg));
+        let mut h = lock(&self.history);
+        h.push_back(old);
+        while h.len() > HISTORY {
+            h.pop_front();
+        }
+    }
+
+    /// The settings of `service` whose container spec hashes to `hash`, from the config
+    /// in force or one before it.
+    pub fn settings_of(&self, service: &str, hash: &str) -> Option<Service> {
+        let now = self.config();
+        let h = lock(&self.history);
+        std::iter::once(&now)
+            .chain(h.iter().rev())
+            .filter_map(|c| c.services.get(service))
+            .find(|s| s.spec_hash() == hash)
+            .cloned()
+    }
+
+    /// A change of `service` to spec `hash` was rolled back: the old container, made
+    /// with `serving`, serves on (and is probed with its own settings) until the file
+    /// changes the service again.
+    pub fn reject(&self, service: &str, hash: String, serving: Service) {
+        lock(&self.rejected).insert(service.to_string(), (hash, serving, mono_now()));
+    }
+
+    /// Whether a change of `service` was rejected at or after `since`.
+    pub fn rejected_since(&self, service: &str, since: Instant) -> bool {
+        lock(&self.rejected)
+            .get(service)
+            .is_some_and(|(_, _, at)| *at >= since)
+    }
+
+    /// A change went through: nothing of `service` is rejected any more.
+    pub fn accept(&self, service: &str) {
+        lock(&self.rejected).remove(service);
+    }
+
+    /// The rejected changes that still stand (the file still asks for them).
+    pub fn rejected(&self) -> Rejected {
+        let cfg = self.config();
+        lock(&self.rejected)
+            .iter()
+            .filter(|(s, (hash, _, _))| {
+                cfg.services
+                    .get(*s)
+                    .is_some_and(|svc| svc.spec_hash() == *hash)
+            })
+            .map(|(s, (hash, _, _))| (s.clone(), hash.clone()))
+            .collect()
+    }
+
+    /// The settings of the service's running container: the config's, unless a change
+    /// to them was rolled back, then the old ones (its probe, grace period, …).
+    pub fn settings(&self, service: &str) -> Option<Service> {
+        let cfg = self.config();
+        let svc = cfg.services.get(service)?;
+        match lock(&self.rejected).get(service) {
+            Some((hash, old, _)) if *hash == svc.spec_hash() => Some(old.clone()),
+            _ => Some(svc.clone()),
+        }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
@@ -139,6 +214,21 @@ impl Hub {
 
     pub fn is_held(&self, service: &str) -> bool {
         lock(&self.holds).contains_key(service)
+    }
+
+    /// A core loop shows progress; it must do so again within `budget`.
+    pub fn beat(&self, task: &'static str, budget: Duration) {
+        lock(&self.beats).insert(task, (mono_now(), budget));
+    }
+
+    /// The core loops silent for longer than their budget at `now`: while any is, the
+    /// systemd watchdog is not pinged (a wedged loop behind a live process is a restart).
+    pub fn stalled(&self, now: Instant) -> Vec<&'static str> {
+        lock(&self.beats)
+            .iter()
+            .filter(|(_, (at, budget))| now.saturating_duration_since(*at) > *budget)
+            .map(|(task, _)| *task)
+            .collect()
     }
 
     /// berth is about to stop or remove container `id`: its `die` is no crash.
@@ -215,6 +305,21 @@ mod tests {
         let r: anyhow::Result<()> = op.await;
         assert!(r.is_err());
         assert!(!hub.is_held("bot"));
+    }
+
+    /// Issue 15, item 8: a loop that stops showing progress stops the watchdog pings.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_core_loop_is_stalled_until_it_beats_again() {
+        let hub = hub();
+        assert!(hub.stalled(mono_now()).is_empty(), "nothing registered yet");
+        hub.beat("reconciler", Duration::from_secs(60));
+        hub.beat("restarter", Duration::from_secs(180));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(hub.stalled(mono_now()), vec!["reconciler"]);
+        hub.beat("reconciler", Duration::from_secs(60));
+        assert!(hub.stalled(mono_now()).is_empty());
+        tokio::time::advance(Duration::from_secs(200)).await;
+        assert_eq!(hub.stalled(mono_now()), vec!["reconciler", "restarter"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -322,3 +322,23 @@ fn texts_say_what_happened_what_berth_did_and_where_to_look_without_secrets() {
         "password *** and ***"
     );
 }
+
+/// Issue 15, item 11: delivery retries are bounded, and a 4xx is not retried.
+#[test]
+fn alert_delivery_retries_are_bounded_and_a_4xx_is_final() {
+    let cases = [
+        (1, None, Redelivery::After(Duration::from_secs(1))),
+        (2, Some(502), Redelivery::After(Duration::from_secs(2))),
+        (3, Some(500), Redelivery::After(Duration::from_secs(4))),
+        (7, None, Redelivery::After(Duration::from_secs(64))),
+        (DELIVERY_ATTEMPTS, None, Redelivery::GiveUp),
+        (1, Some(400), Redelivery::GiveUp),
+        (1, Some(401), Redelivery::GiveUp),
+        (1, Some(404), Redelivery::GiveUp),
+        (1, Some(429), Redelivery::After(Duration::from_secs(1))),
+        (1, Some(408), Redelivery::After(Duration::from_secs(1))),
+    ];
+    for (attempt, status, want) in cases {
+        assert_eq!(redelivery(attempt, status), want, "{attempt} {status:?}");
+    }
+}

@@ -59,7 +59,12 @@ fn lines(actions: &[Action]) -> Vec<String> {
 #[test]
 fn from_nothing_creates_everything_in_dependency_order() {
     let cfg = stack();
-    let got = lines(&plan(&cfg, &Observed::default(), &Held::new()));
+    let got = lines(&plan(
+        &cfg,
+        &Observed::default(),
+        &Held::new(),
+        &Rejected::new(),
+    ));
     assert_eq!(
         got,
         vec![
@@ -80,7 +85,10 @@ fn from_nothing_creates_everything_in_dependency_order() {
 #[test]
 fn matching_running_stack_is_adopted_untouched() {
     let cfg = stack();
-    assert_eq!(plan(&cfg, &up(&cfg), &Held::new()), vec![]);
+    assert_eq!(
+        plan(&cfg, &up(&cfg), &Held::new(), &Rejected::new()),
+        vec![]
+    );
 }
 
 #[test]
@@ -88,7 +96,10 @@ fn stopped_container_with_same_spec_is_started_not_recreated() {
     let cfg = stack();
     let mut o = up(&cfg);
     o.containers[0].running = false; // bot
-    assert_eq!(lines(&plan(&cfg, &o, &Held::new())), vec!["start bot"]);
+    assert_eq!(
+        lines(&plan(&cfg, &o, &Held::new(), &Rejected::new())),
+        vec!["start bot"]
+    );
 }
 
 #[test]
@@ -97,7 +108,7 @@ fn held_service_is_left_alone() {
     let mut o = up(&cfg);
     o.containers.retain(|c| c.service != "bot");
     assert_eq!(
-        plan(&cfg, &o, &["bot".to_string()].into()),
+        plan(&cfg, &o, &["bot".to_string()].into(), &Rejected::new()),
         vec![],
         "not even created"
     );
@@ -108,35 +119,73 @@ fn held_service_is_not_started() {
     let cfg = stack();
     let mut o = up(&cfg);
     o.containers[0].running = false;
-    assert_eq!(plan(&cfg, &o, &["bot".to_string()].into()), vec![]);
+    assert_eq!(
+        plan(&cfg, &o, &["bot".to_string()].into(), &Rejected::new()),
+        vec![]
+    );
 }
 
+/// Issue 21: a spec change is a gated replacement of that service's container only.
 #[test]
-fn changed_image_recreates_only_that_service() {
+fn a_changed_spec_is_a_gated_replacement_of_only_that_service() {
     let old = stack();
     let new = config(&[
         ("postgres", "pg:16", &[]),
         ("redis", "redis:7", &[]),
         ("bot", "bot:2", &["postgres", "redis"]),
     ]);
-    let got = plan(&new, &up(&old), &Held::new());
+    let got = plan(&new, &up(&old), &Held::new(), &Rejected::new());
     let from = old.services["bot"].spec_hash();
     let to = new.services["bot"].spec_hash();
     assert_eq!(
-        lines(&got),
-        vec![
-            format!("remove container p-bot of bot: spec changed ({from} -> {to})"),
-            format!("create container for bot: spec changed ({from} -> {to})"),
-            "start bot".to_string(),
-        ]
+        got,
+        vec![Action::ReplaceContainer {
+            service: "bot".into(),
+            id: "id0".into(),
+            name: "p-bot".into(),
+            reason: Reason::SpecChanged { from, to },
+        }]
     );
+    assert!(lines(&got)[0].contains("(gated: the old one stays until the new one is healthy"));
+}
+
+/// Issue 21: a change that was rolled back is not tried again until the file changes it
+/// once more; a stopped old container is started instead.
+#[test]
+fn a_rejected_change_is_not_tried_again() {
+    let old = stack();
+    let new = config(&[
+        ("postgres", "pg:16", &[]),
+        ("redis", "redis:7", &[]),
+        ("bot", "bot:2", &["postgres", "redis"]),
+    ]);
+    let rejected: Rejected = [("bot".to_string(), new.services["bot"].spec_hash())].into();
+    assert_eq!(plan(&new, &up(&old), &Held::new(), &rejected), vec![]);
+    let mut o = up(&old);
+    for c in o.containers.iter_mut().filter(|c| c.service == "bot") {
+        c.running = false;
+    }
+    assert_eq!(
+        lines(&plan(&new, &o, &Held::new(), &rejected)),
+        vec!["start bot"]
+    );
+    // Another change of the file is tried.
+    let newer = config(&[
+        ("postgres", "pg:16", &[]),
+        ("redis", "redis:7", &[]),
+        ("bot", "bot:3", &["postgres", "redis"]),
+    ]);
+    assert!(matches!(
+        plan(&newer, &up(&old), &Held::new(), &rejected)[..],
+        [Action::ReplaceContainer { .. }]
+    ));
 }
 
 #[test]
 fn removed_service_loses_its_container_but_not_its_volume() {
     let old = stack();
     let new = config(&[("postgres", "pg:16", &[]), ("bot", "bot:1", &["postgres"])]);
-    let got = plan(&new, &up(&old), &Held::new());
+    let got = plan(&new, &up(&old), &Held::new(), &Rejected::new());
     // bot's spec is unchanged by losing a dependency: depends_on is not container shape.
     assert_eq!(
         lines(&got),
@@ -152,7 +201,7 @@ fn duplicates_are_removed_keeping_the_running_match() {
     dup.name = "p-redis-old".into();
     o.containers.push(dup);
     assert_eq!(
-        lines(&plan(&cfg, &o, &Held::new())),
+        lines(&plan(&cfg, &o, &Held::new(), &Rejected::new())),
         vec!["remove container p-redis-old of redis: duplicate container for the service"]
     );
 }
@@ -164,7 +213,7 @@ fn missing_volume_and_network_are_created_even_when_containers_run() {
     o.networks.clear();
     o.volumes.remove("p-redisdata");
     assert_eq!(
-        lines(&plan(&cfg, &o, &Held::new())),
+        lines(&plan(&cfg, &o, &Held::new(), &Rejected::new())),
         vec!["create network p", "create volume p-redisdata"]
     );
 }
@@ -185,6 +234,12 @@ fn apply(cfg: &Config, mut o: Observed, actions: &[Action]) -> Observed {
                 next_id += 1;
                 o.containers
                     .push(container(cfg, service, &format!("new{next_id}"), false));
+            }
+            Action::ReplaceContainer { service, id, .. } => {
+                next_id += 1;
+                o.containers.retain(|c| &c.id != id);
+                o.containers
+                    .push(container(cfg, service, &format!("new{next_id}"), true));
             }
             Action::StartContainer { service } => {
                 for c in o.containers.iter_mut().filter(|c| &c.service == service) {
@@ -259,9 +314,9 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
 proptest! {
     #[test]
     fn planning_after_applying_a_plan_yields_nothing(cfg in arb_config(), observed in arb_observed()) {
-        let first = plan(&cfg, &observed, &Held::new());
+        let first = plan(&cfg, &observed, &Held::new(), &Rejected::new());
         let after = apply(&cfg, observed, &first);
-        prop_assert_eq!(plan(&cfg, &after, &Held::new()), vec![]);
+        prop_assert_eq!(plan(&cfg, &after, &Held::new(), &Rejected::new()), vec![]);
         // And the result is exactly one running container per service.
         for svc in cfg.services.keys() {
             let n = after.containers.iter().filter(|c| &c.service == svc && c.running).count();
@@ -272,7 +327,7 @@ proptest! {
 
     #[test]
     fn dependencies_start_before_dependants(cfg in arb_config()) {
-        let actions = plan(&cfg, &Observed::default(), &Held::new());
+        let actions = plan(&cfg, &Observed::default(), &Held::new(), &Rejected::new());
         let pos = |s: &str| actions.iter().position(|a| matches!(a, Action::StartContainer { service } if service == s));
         for (name, svc) in &cfg.services {
             for d in &svc.depends_on {

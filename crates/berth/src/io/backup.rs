@@ -184,7 +184,8 @@ pub async fn take(engine: &dyn Engine, cfg: &Config, retention: Retention) -> an
         );
     }
     if retention == Retention::Apply {
-        prune(dir, b)?;
+        let (dir, b) = (dir.clone(), b.clone());
+        super::off_runtime(move || prune(&dir, &b)).await?;
     }
     Ok(meta)
 }
@@ -534,9 +535,7 @@ pub async fn restore_database(
     // Hashing a large dump takes a while: off the async workers.
     {
         let (meta, file) = (meta.clone(), path.clone());
-        tokio::task::spawn_blocking(move || check_file(&meta, &file))
-            .await
-            .map_err(|e| anyhow::anyhow!("checking {}: {e}", path.display()))??;
+        super::off_runtime(move || check_file(&meta, &file)).await?;
     }
     let (cid, _) = container(engine, cfg, b).await?;
     let live = b.database.as_str();

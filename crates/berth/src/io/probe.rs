@@ -74,9 +74,11 @@ async fn check(
                 opts = opts.password(&p.value);
             }
             // The error text of a failed login never includes the password.
-            let mut conn = sqlx::PgConnection::connect_with(&opts)
-                .await
-                .map_err(|e| format!("postgres: {e}"))?;
+            let mut conn = sqlx::PgConnection::connect_with(&opts).await.map_err(|e| {
+                let e = format!("postgres: {e}");
+                let hint = password_hint(password.as_ref(), &e).unwrap_or_default();
+                format!("{e}{hint}")
+            })?;
             let r = sqlx::query("SELECT 1")
                 .execute(&mut conn)
                 .await
@@ -174,4 +176,55 @@ fn without_url(e: &reqwest::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+/// What to do when PostgreSQL refuses the configured password: the data volume keeps the
+/// password it was initialised with, and changing the env file does not change it.
+pub fn password_hint(password: Option<&berth_config::Value>, error: &str) -> Option<String> {
+    if !error.contains("password authentication failed") {
+        return None;
+    }
+    let var = password
+        .and_then(|p| {
+            p.template
+                .strip_prefix("${")?
+                .strip_suffix('}')
+                .map(str::to_string)
+        })
+        .filter(|v| !v.is_empty() && !v.contains(['$', '{', '}']));
+    Some(match var {
+        Some(v) => format!(
+            " (the password in the env file's {v} does not match the one stored in the database's data volume when it was first initialised: put the old value back, or change it with `berth rotate-secret {v}`)"
+        ),
+        None => " (the password in the config does not match the one stored in the database's data volume when it was first initialised)".to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 21, item 2: a refused password says plainly what is wrong and what to do.
+    #[test]
+    fn a_refused_password_says_the_volume_keeps_the_old_one() {
+        let p = berth_config::Value {
+            template: "${POSTGRES_PASSWORD}".into(),
+            value: "s3cret-new".into(),
+            secret: true,
+        };
+        let e = "postgres: error returned from database: password authentication failed for user \"bot\"";
+        let h = password_hint(Some(&p), e).expect("a hint");
+        assert!(
+            h.contains(
+                "POSTGRES_PASSWORD does not match the one stored in the database's data volume"
+            ),
+            "{h}"
+        );
+        assert!(h.contains("berth rotate-secret POSTGRES_PASSWORD"), "{h}");
+        assert!(!h.contains("s3cret"), "no secret in it");
+        assert_eq!(
+            password_hint(Some(&p), "postgres: connection refused"),
+            None
+        );
+    }
 }

@@ -174,7 +174,9 @@ impl Store {
     /// One pass: upload the verified local backups the bucket lacks (those its retention
     /// would keep), then apply its retention. `status` follows along.
     pub async fn sync(&self, dir: &Path, status: &mut OffsiteStatus) -> anyhow::Result<()> {
-        let local: Vec<Meta> = crate::io::backup::list(dir)?
+        let listed = dir.to_path_buf();
+        let local: Vec<Meta> = super::off_runtime(move || super::backup::list(&listed))
+            .await?
             .into_iter()
             .filter(|m| m.verified != Some(false))
             .collect();

@@ -50,6 +50,20 @@ pub fn load_deploys(state_dir: &Path) -> anyhow::Result<DeployState> {
     }
 }
 
+/// Copies a damaged deploys.json aside (`deploys.json.damaged-<unix time>`), leaving the
+/// file itself in place for a person to look at; returns the copy's path.
+pub fn keep_damaged(state_dir: &Path, now: std::time::SystemTime) -> anyhow::Result<PathBuf> {
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let copy = state_dir.join(format!("deploys.json.damaged-{secs}"));
+    let bytes = std::fs::read(deploys_path(state_dir))
+        .with_context(|| format!("reading {}", deploys_path(state_dir).display()))?;
+    write_atomic(&copy, &bytes)?;
+    Ok(copy)
+}
+
 pub fn save_deploys(state_dir: &Path, d: &DeployState) -> anyhow::Result<()> {
     write_atomic(
         &deploys_path(state_dir),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use berth_config::{Alerts, Config};
-use berth_core::alerts::{Message, Rules, Tracker, unclean_start};
+use berth_core::alerts::{Message, Redelivery, Rules, Tracker, redelivery, unclean_start};
 use berth_core::secrets::{scrub, secrets};
 use berth_core::snapshot::ChannelStatus;
 use tokio::sync::mpsc;
@@ -63,7 +63,7 @@ impl Channel {
         m: &Message,
         project: &str,
         secrets: &[String],
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), SendError> {
         let text = scrub(&m.text(project), secrets);
         let (req, what) = match self {
             Channel::Telegram {
@@ -95,18 +95,37 @@ impl Channel {
                 "the webhook",
             ),
         };
-        let r = req.send().await.map_err(|e| {
-            anyhow::anyhow!("{what}: {}", scrub(&e.without_url().to_string(), secrets))
+        let r = req.send().await.map_err(|e| SendError {
+            status: None,
+            message: format!("{what}: {}", scrub(&e.without_url().to_string(), secrets)),
         })?;
         let status = r.status();
         if !status.is_success() {
             let body = r.text().await.unwrap_or_default();
             let body: String = body.chars().take(200).collect();
-            anyhow::bail!("{what} answered {status}: {}", scrub(&body, secrets));
+            return Err(SendError {
+                status: Some(status.as_u16()),
+                message: format!("{what} answered {status}: {}", scrub(&body, secrets)),
+            });
         }
         Ok(())
     }
 }
+
+/// A failed delivery: what went wrong (no secret in it), and the receiver's status.
+#[derive(Debug)]
+pub struct SendError {
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SendError {}
 
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
@@ -117,7 +136,7 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
 }
 
 /// The sender task of one channel: delivers in order, retrying each message with
-/// backoff (1 s doubling to 5 min) until it goes through.
+/// backoff as [`redelivery`] says; a message given up is counted as dropped.
 async fn deliver(
     name: &'static str,
     channel: Channel,
@@ -128,8 +147,9 @@ async fn deliver(
 ) {
     let Ok(http) = http_client() else { return };
     while let Some(m) = rx.recv().await {
-        let mut backoff = Duration::from_secs(1);
+        let mut attempt = 0;
         loop {
+            attempt += 1;
             match channel.send(&http, &m, &project, &secrets).await {
                 Ok(()) => {
                     info!(channel = name, key = %m.key, status = ?m.status, "alert sent");
@@ -142,16 +162,25 @@ async fn deliver(
                     break;
                 }
                 Err(e) => {
-                    let e = format!("{e:#}");
-                    warn!(channel = name, error = %e, retry_in = ?backoff, "alert not delivered");
+                    let next = redelivery(attempt, e.status);
+                    let e = e.to_string();
                     update_channel(&hub, name, |c| {
                         c.ok = false;
                         c.failures += 1;
-                        c.pending = rx.len() + 1;
-                        c.last_error = Some(e);
+                        c.pending = rx.len() + usize::from(next != Redelivery::GiveUp);
+                        c.last_error = Some(e.clone());
+                        c.dropped += u64::from(next == Redelivery::GiveUp);
                     });
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(300));
+                    match next {
+                        Redelivery::After(d) => {
+                            warn!(channel = name, error = %e, retry_in = ?d, "alert not delivered");
+                            tokio::time::sleep(d).await;
+                        }
+                        Redelivery::GiveUp => {
+                            warn!(channel = name, error = %e, attempts = attempt, key = %m.key, "alert given up");
+                            break;
+                        }
+                    }
                 }
             }
         }

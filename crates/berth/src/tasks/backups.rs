@@ -17,6 +17,7 @@ use crate::api::{Meta, Restored};
 use crate::hub::Hub;
 use crate::io::backup::{self, Retention};
 use crate::io::containers::ignore_not_found;
+use crate::io::off_runtime;
 
 /// How long a restore waits for the services it stopped to be healthy again.
 const RESTORED_HEALTHY_WITHIN: Duration = Duration::from_secs(180);
@@ -82,10 +83,8 @@ impl Backups {
     async fn sweep(&self, cfg: &Config) {
         let Some(b) = &cfg.backup else { return };
         let dir = b.dir.clone();
-        match tokio::task::spawn_blocking(move || backup::sweep(&dir)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => warn!(error = %format!("{e:#}"), "removing incomplete backup files"),
-            Err(e) => warn!(error = %e, "removing incomplete backup files"),
+        if let Err(e) = off_runtime(move || backup::sweep(&dir)).await {
+            warn!(error = %format!("{e:#}"), "removing incomplete backup files");
         }
     }
 
@@ -94,10 +93,8 @@ impl Backups {
         let Some(b) = &cfg.backup else { return };
         let dir = b.dir.clone();
         // Listing reads and parses every metadata file: off the async workers.
-        let all = tokio::task::spawn_blocking(move || backup::list(&dir))
+        let all = off_runtime(move || backup::list(&dir))
             .await
-            .ok()
-            .and_then(Result::ok)
             .unwrap_or_default();
         let last_ok = all.iter().rev().find(|m| m.verified != Some(false));
         let (at, size) = (last_ok.and_then(|m| m.created()), last_ok.map(|m| m.size));
@@ -140,7 +137,10 @@ impl Backups {
             .backup
             .as_ref()
             .context("no [backup] section in the config")?;
-        let meta = backup::find(&b.dir, which)?;
+        let meta = {
+            let (dir, which) = (b.dir.clone(), which.to_string());
+            off_runtime(move || backup::find(&dir, &which)).await?
+        };
         let (safety, safety_error) = self.safety_backup(&cfg).await;
         let deps = berth_core::dependants(&cfg, &b.service);
         info!(backup = %meta.id, stopping = %deps.join(","), "restore starting");
@@ -251,9 +251,8 @@ impl Backups {
 /// When the newest backup in `dir` (verified or not) was taken.
 async fn newest_backup(dir: &std::path::Path) -> Option<SystemTime> {
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || backup::list(&dir))
+    off_runtime(move || backup::list(&dir))
         .await
-        .ok()?
         .ok()?
         .last()
         .and_then(|m| m.created())

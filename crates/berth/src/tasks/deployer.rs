@@ -10,7 +10,8 @@
 //! force and publishes it. A reload that changes an image queues a deploy of it, run by
 //! [`Deployer::run`] one after the other.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,7 +25,7 @@ use tracing::{error, info, warn};
 use crate::api::Meta;
 use crate::hub::{Hold, Hub};
 use crate::io::containers::{ensure_image, short, tail_logs};
-use crate::io::{backup, spec, statefile};
+use crate::io::{backup, off_runtime, spec, statefile};
 use crate::tasks::backups::Backups;
 use crate::tasks::gate;
 
@@ -56,10 +57,24 @@ pub struct Deployer {
     file: Mutex<Arc<Config>>,
     /// One deploy or rollback at a time.
     lock: tokio::sync::Mutex<()>,
+    /// One deploy, rollback or change per service at a time (changes of several
+    /// services run side by side).
+    services: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
     queue: mpsc::UnboundedSender<Queued>,
     queued: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
     /// (service, image) queued and not finished: a second reload does not queue them again.
     waiting: Mutex<BTreeSet<(String, String)>>,
+    /// Set while deploys.json is damaged: berth changes no container (every service is
+    /// held) and writes no state until a person fixes or removes the file and reloads.
+    frozen: Mutex<Option<Frozen>>,
+    /// Versions of the state: the newest written wins, whatever order the writes end in.
+    version: AtomicU64,
+    written: tokio::sync::Mutex<u64>,
+}
+
+struct Frozen {
+    why: String,
+    _hold: Hold,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -75,15 +90,25 @@ fn service_config(cfg: &Config, service: &str) -> anyhow::Result<Service> {
 }
 
 impl Deployer {
-    /// `file` is the config file as loaded, `state` the deploy state found on disk; the
-    /// hub already has the config in force ([`DeployState::apply`] of the two).
+    /// `file` is the config file as loaded, `state` the deploy state found on disk (or
+    /// why it could not be read); the hub already has the config in force
+    /// ([`DeployState::apply`] of the two).
     pub fn new(
         hub: Arc<Hub>,
         backups: Arc<Backups>,
         file: Config,
-        state: DeployState,
+        state: Result<DeployState, String>,
     ) -> Arc<Self> {
         let (queue, rx) = mpsc::unbounded_channel();
+        let (state, frozen) = match state {
+            Ok(s) => (s, None),
+            Err(why) => {
+                error!(error = %why, "berth's deploy state is damaged: changing no container until it is fixed or removed (then systemctl reload berth)");
+                hub.update(|s| s.state_error = Some(why.clone()));
+                let hold = hub.hold(file.services.keys().cloned());
+                (DeployState::default(), Some(Frozen { why, _hold: hold }))
+            }
+        };
         hub.update(|s| s.deploy = state.latest());
         Arc::new(Deployer {
             hub,
@@ -91,21 +116,58 @@ impl Deployer {
             state: Mutex::new(state),
             file: Mutex::new(Arc::new(file)),
             lock: tokio::sync::Mutex::new(()),
+            services: Mutex::new(BTreeMap::new()),
             queue,
             queued: Mutex::new(Some(rx)),
             waiting: Mutex::new(BTreeSet::new()),
+            frozen: Mutex::new(frozen),
+            version: AtomicU64::new(0),
+            written: tokio::sync::Mutex::new(0),
         })
+    }
+
+    /// The service's own lock.
+    fn service_lock(&self, service: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.services)
+            .entry(service.to_string())
+            .or_default()
+            .clone()
     }
 
     fn state_dir(&self) -> std::path::PathBuf {
         self.hub.config().supervisor.state_dir.clone()
     }
 
-    /// Changes the deploy state and saves it.
-    fn change<R>(&self, f: impl FnOnce(&mut DeployState) -> R) -> anyhow::Result<R> {
-        let mut d = lock(&self.state);
-        let r = f(&mut d);
-        statefile::save_deploys(&self.state_dir(), &d)?;
+    /// Why berth changes nothing now, if it does not.
+    fn frozen(&self) -> anyhow::Result<()> {
+        match &*lock(&self.frozen) {
+            Some(f) => bail!(
+                "berth's deploy state is damaged ({}): fix or remove the file, then reload berth",
+                f.why
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// Changes the deploy state and saves it (off the async workers, durably) before
+    /// answering.
+    async fn change<R>(&self, f: impl FnOnce(&mut DeployState) -> R) -> anyhow::Result<R> {
+        self.frozen()?;
+        let (r, copy, v) = {
+            let mut d = lock(&self.state);
+            let r = f(&mut d);
+            (
+                r,
+                d.clone(),
+                self.version.fetch_add(1, Ordering::SeqCst) + 1,
+            )
+        };
+        let mut written = self.written.lock().await;
+        if *written < v {
+            let dir = self.state_dir();
+            off_runtime(move || statefile::save_deploys(&dir, &copy)).await?;
+            *written = v;
+        }
         Ok(r)
     }
 
@@ -119,11 +181,13 @@ impl Deployer {
     /// Swaps in a new, already validated config file. Deployed images stay in place
     /// unless the file changed that service's image; such a change goes through the
     /// deploy flow (migration, health gate, rollback), so until it succeeds the running
-    /// image stays in force and the service is held.
-    pub fn reload(self: &Arc<Self>, file: Config) {
+    /// image stays in force and the service is held. While the deploy state is damaged,
+    /// a reload first reads it again: refused if it is still unreadable.
+    pub async fn reload(self: &Arc<Self>, file: Config) -> Result<(), String> {
+        self.thaw().await?;
         let running = self.hub.config();
         let old_file = lock(&self.file).clone();
-        let changed = match self.change(|d| d.reload(&old_file, &running, &file)) {
+        let changed = match self.change(|d| d.reload(&old_file, &running, &file)).await {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "saving the deploy state");
@@ -145,6 +209,36 @@ impl Deployer {
         });
         self.hub.request_reconcile();
         self.queue_pending(holds);
+        Ok(())
+    }
+
+    /// After a damaged deploy state: reads it again, and if a person fixed or removed it,
+    /// takes it and lets go of the services.
+    async fn thaw(&self) -> Result<(), String> {
+        if lock(&self.frozen).is_none() {
+            return Ok(());
+        }
+        let dir = self.state_dir();
+        let loaded = off_runtime(move || Ok(statefile::load_deploys(&dir)))
+            .await
+            .map_err(|e| e.to_string())?;
+        match loaded {
+            Ok(state) => {
+                info!("the deploy state is readable again: berth manages the services again");
+                self.hub.update(|s| {
+                    s.state_error = None;
+                    s.deploy = state.latest();
+                });
+                *lock(&self.state) = state;
+                self.publish_config();
+                // Dropping the freeze releases the hold: the next pass converges.
+                lock(&self.frozen).take();
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "{e:#}: berth still changes no container; fix or remove the file, then reload"
+            )),
+        }
     }
 
     /// Queues the deploys of every pending override; `holds` are those already held.
@@ -176,7 +270,7 @@ impl Deployer {
             if let Err(e) = self.deploy(&q.service, &q.image, true, Turn::Wait).await {
                 error!(service = %q.service, image = %q.image, error = %format!("{e:#}"), "deploy after reload failed");
                 // The old image stays, no longer pending.
-                if let Err(e) = self.change(|d| d.settle(&q.service, &q.image)) {
+                if let Err(e) = self.change(|d| d.settle(&q.service, &q.image)).await {
                     warn!(error = %format!("{e:#}"), "saving the deploy state");
                 }
             }
@@ -185,7 +279,7 @@ impl Deployer {
     }
 
     /// Records a deployed image as the service's image from now on.
-    fn set_override(&self, service: &str, image: &str) -> anyhow::Result<()> {
+    async fn set_override(&self, service: &str, image: &str) -> anyhow::Result<()> {
         let file = lock(&self.file).clone();
         let file_image = file
             .services
@@ -201,16 +295,19 @@ impl Deployer {
                     pending: false,
                 },
             )
-        })?;
+        })
+        .await?;
         self.publish_config();
         Ok(())
     }
 
-    fn record(&self, record: Record) -> anyhow::Result<()> {
-        let latest = self.change(|d| {
-            d.finish(record);
-            d.latest()
-        })?;
+    async fn record(&self, record: Record) -> anyhow::Result<()> {
+        let latest = self
+            .change(|d| {
+                d.finish(record);
+                d.latest()
+            })
+            .await?;
         self.hub.update(|s| s.deploy = latest);
         Ok(())
     }
@@ -232,6 +329,9 @@ impl Deployer {
             },
             Turn::Wait => self.lock.lock().await,
         };
+        self.frozen()?;
+        let service_lock = self.service_lock(service);
+        let _this = service_lock.lock().await;
         let hub = &self.hub;
         let cfg = hub.config();
         let svc = service_config(&cfg, service)?;
@@ -279,7 +379,8 @@ impl Deployer {
                     duration_ms: started.elapsed().as_millis() as u64,
                     reason: Some(format!("{e:#}")),
                     ..rec
-                })?;
+                })
+                .await?;
                 return Err(e);
             }
         };
@@ -287,7 +388,7 @@ impl Deployer {
 
         // From here the service is held: nothing else restarts or recreates it.
         let hold = hub.hold([service]);
-        self.change(|d| d.in_flight = Some(rec.clone()))?;
+        self.change(|d| d.in_flight = Some(rec.clone())).await?;
         let mut new_svc = svc.clone();
         new_svc.image = image.to_string();
         let name = cfg.container_name(service);
@@ -351,6 +452,8 @@ impl Deployer {
         .await;
         let manual = svc.deploy.rollback == Rollback::Manual && !start_first;
         let finish = |mut rec: Record, outcome: Outcome, reason: Option<String>| {
+            // When it ended: its pre-deploy backup is older.
+            rec.at = fmt_time(SystemTime::now());
             rec.outcome = outcome;
             rec.reason = reason;
             rec.duration_ms = started.elapsed().as_millis() as u64;
@@ -363,7 +466,7 @@ impl Deployer {
                 if had_previous {
                     let _ = hub.engine.remove_container(&parked, true).await;
                 }
-                self.set_override(service, image)?;
+                self.set_override(service, image).await?;
                 finish(rec, Outcome::Deployed, None)
             }
             Err(e) if manual => {
@@ -377,7 +480,7 @@ impl Deployer {
                 if had_previous {
                     let _ = hub.engine.remove_container(&parked, true).await;
                 }
-                self.set_override(service, image)?;
+                self.set_override(service, image).await?;
                 finish(rec, Outcome::Failed, Some(reason))
             }
             Err(e) => {
@@ -398,7 +501,8 @@ impl Deployer {
                     // Nothing healthy runs: leave the service to the restarts.
                     drop(hold);
                     let reason = format!("{reason}; the rollback failed too: {back:#}");
-                    self.record(finish(rec, Outcome::Failed, Some(reason.clone())))?;
+                    self.record(finish(rec, Outcome::Failed, Some(reason.clone())))
+                        .await?;
                     bail!("{reason}");
                 }
                 if had_previous {
@@ -412,13 +516,142 @@ impl Deployer {
             }
         };
         drop(hold);
-        self.record(rec.clone())?;
+        self.record(rec.clone()).await?;
         match (&rec.outcome, &rec.reason) {
             (Outcome::Deployed, _) => Ok(rec),
             (Outcome::RolledBack, Some(reason)) => {
                 bail!("rolled back to {}: {reason}", rec.previous_image)
             }
             (_, reason) => bail!("{}", reason.clone().unwrap_or_default()),
+        }
+    }
+
+    /// A change of a service's settings (a reload, the env file: anything but a deploy's
+    /// image) applied the way a deploy applies an image: the old container (`old_id`,
+    /// made with the settings that hash to `old_hash`) kept stopped as `.previous`, the
+    /// new one health-gated within the service's `start_timeout`, and on failure the old
+    /// one started again and the change rejected until the file changes the service once
+    /// more. Always stop-first: never two containers on one data volume, never two
+    /// pollers.
+    pub async fn replace(&self, service: &str, old_id: &str, old_hash: &str) -> anyhow::Result<()> {
+        self.frozen()?;
+        let service_lock = self.service_lock(service);
+        let Ok(_one) = service_lock.try_lock() else {
+            bail!("a deploy of {service} is under way: the change follows it");
+        };
+        let hub = &self.hub;
+        let cfg = hub.config();
+        let svc = service_config(&cfg, service)?;
+        let new_hash = svc.spec_hash();
+        // The old container's own settings (probe, grace period), to bring it back with;
+        // unknown (berth restarted since), it comes back gated on running alone.
+        let old_svc = hub.settings_of(service, old_hash).unwrap_or_else(|| {
+            let mut s = svc.clone();
+            s.probe = None;
+            s
+        });
+        let timeout = svc
+            .probe
+            .as_ref()
+            .map_or(Duration::ZERO, |p| p.start_timeout);
+        let started = Instant::now();
+        let old_image = hub
+            .engine
+            .inspect_container(old_id)
+            .await
+            .map(|d| d.image)
+            .unwrap_or_else(|_| old_svc.image.clone());
+        let mut rec = Record {
+            service: service.to_string(),
+            image: svc.image.clone(),
+            previous_image: old_image,
+            at: fmt_time(SystemTime::now()),
+            outcome: Outcome::InFlight,
+            trigger: Trigger::Change,
+            duration_ms: 0,
+            interruption_ms: None,
+            reason: None,
+            backup: None,
+            restored: None,
+        };
+        ensure_image(hub.engine.as_ref(), &svc.image).await?;
+        let hold = hub.hold([service]);
+        self.change(|d| d.in_flight = Some(rec.clone())).await?;
+        info!(service, from = old_hash, to = %new_hash, "changing the service: replacing its container, gated");
+        let name = cfg.container_name(service);
+        let previous_name = Role::Previous.name(&name);
+        let parked = Role::Parked.name(&name);
+        let _ = hub.engine.remove_container(&parked, true).await;
+        let had_previous = hub
+            .engine
+            .rename_container(&previous_name, &parked)
+            .await
+            .is_ok();
+        let mut stopped_at = None;
+        let r = async {
+            hub.engine.rename_container(old_id, &previous_name).await?;
+            let new_id = hub
+                .engine
+                .create_container(&spec::container_spec(&cfg, &svc))
+                .await?;
+            hub.expect_stop(old_id);
+            hub.engine
+                .stop_container(old_id, old_svc.stop_grace_period)
+                .await?;
+            stopped_at = Some(Instant::now());
+            gate::start_and_wait(hub, &svc, &new_id, timeout).await?;
+            anyhow::Ok(new_id)
+        }
+        .await;
+        let mut finish = |outcome: Outcome, reason: Option<String>| {
+            rec.at = fmt_time(SystemTime::now());
+            rec.outcome = outcome;
+            rec.reason = reason;
+            rec.duration_ms = started.elapsed().as_millis() as u64;
+            rec.interruption_ms = stopped_at.map(|t| t.elapsed().as_millis() as u64);
+            rec.clone()
+        };
+        match r {
+            Ok(new_id) => {
+                info!(service, container = %short(&new_id), "changed");
+                if had_previous {
+                    let _ = hub.engine.remove_container(&parked, true).await;
+                }
+                hub.accept(service);
+                drop(hold);
+                self.record(finish(Outcome::Deployed, None)).await?;
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                warn!(service, error = %why, "the change failed: bringing the old container back");
+                // Said before the old one is healthy again, so that dependants waiting on
+                // it see the change was rejected.
+                hub.reject(service, new_hash, old_svc.clone());
+                let back = self
+                    .roll_back_to_previous(&cfg, &old_svc, &name, &previous_name, None)
+                    .await;
+                if had_previous && back.is_ok() {
+                    let _ = hub.engine.rename_container(&parked, &previous_name).await;
+                }
+                drop(hold);
+                match back {
+                    Ok(()) => {
+                        let reason = format!("change to {service} rolled back: {why}");
+                        self.record(finish(Outcome::RolledBack, Some(reason.clone())))
+                            .await?;
+                        bail!("{reason}")
+                    }
+                    Err(back) => {
+                        let reason = format!(
+                            "change to {service} failed: {why}; bringing the old container back failed too: {back:#}"
+                        );
+                        self.record(finish(Outcome::Failed, Some(reason.clone())))
+                            .await?;
+                        bail!("{reason}")
+                    }
+                }
+            }
         }
     }
 
@@ -545,13 +778,16 @@ impl Deployer {
         let Ok(_one) = self.lock.try_lock() else {
             bail!("a deploy is running: wait for it to finish");
         };
+        self.frozen()?;
+        let service_lock = self.service_lock(service);
+        let _this = service_lock.lock().await;
         let hub = &self.hub;
         let started = Instant::now();
         let cfg = hub.config();
         let svc = service_config(&cfg, service)?;
         let (pre_deploy, _backups) = if restore_db {
             (
-                Some(self.pre_deploy_backup(&cfg, service)?),
+                Some(self.pre_deploy_backup(&cfg, service).await?),
                 Some(self.backups.exclusive().await),
             )
         } else {
@@ -595,7 +831,8 @@ impl Deployer {
             restored: pre_deploy.as_ref().map(|m| m.id.clone()),
         };
         let hold = hub.hold([service]);
-        self.change(|d| d.in_flight = Some(record(svc.image.clone(), Outcome::InFlight, None)))?;
+        self.change(|d| d.in_flight = Some(record(svc.image.clone(), Outcome::InFlight, None)))
+            .await?;
         let mut stopped_at = None;
         let r = async {
             let current = hub.engine.inspect_container(&name).await.ok();
@@ -636,34 +873,47 @@ impl Deployer {
                 self.record(Record {
                     reason: Some(format!("berth rollback: {e:#}")),
                     ..rec
-                })?;
+                })
+                .await?;
                 return Err(e);
             }
         };
-        self.set_override(service, &previous_image)?;
+        self.set_override(service, &previous_image).await?;
         let rec = record(from, Outcome::RolledBack, stopped_at.map(|t| t.elapsed()));
-        self.record(rec.clone())?;
+        self.record(rec.clone()).await?;
         Ok(rec)
     }
 
     /// The newest backup taken before the service's current version was deployed.
-    fn pre_deploy_backup(&self, cfg: &Config, service: &str) -> anyhow::Result<Meta> {
+    async fn pre_deploy_backup(&self, cfg: &Config, service: &str) -> anyhow::Result<Meta> {
         let b = cfg
             .backup
             .as_ref()
             .context("--restore-db needs a [backup] section")?;
         let image = service_config(cfg, service)?.image;
-        let deployed_at = lock(&self.state)
-            .deployed_at(service, &image)
-            .map(str::to_string)
+        let deployed = lock(&self.state)
+            .deployed(service, &image)
+            .cloned()
             .with_context(|| {
                 format!("no deploy of {image} on record to find its pre-deploy backup: pick one with `berth backups` and `berth restore`")
             })?;
-        backup::list(&b.dir)?
-            .into_iter()
+        let dir = b.dir.clone();
+        let all = off_runtime(move || backup::list(&dir)).await?;
+        // The backup that deploy took, when it says; else the newest older than it.
+        if let Some(id) = &deployed.backup {
+            return all.into_iter().find(|m| &m.id == id).with_context(|| {
+                format!("the pre-deploy backup {id} of {image} is gone (see `berth backups`)")
+            });
+        }
+        all.into_iter()
             .rev()
-            .find(|m| m.created_at <= deployed_at && m.verified != Some(false))
-            .with_context(|| format!("no backup older than the deploy of {image} ({deployed_at})"))
+            .find(|m| m.created_at <= deployed.at && m.verified != Some(false))
+            .with_context(|| {
+                format!(
+                    "no backup older than the deploy of {image} ({})",
+                    deployed.at
+                )
+            })
     }
 
     /// Undoes what a deploy or rollback interrupted by berth's death left behind
@@ -717,5 +967,6 @@ impl Deployer {
             reason: Some("berth stopped during the deploy; undone at start-up".into()),
             ..flight
         })
+        .await
     }
 }

@@ -50,8 +50,8 @@ async fn run(hub: Arc<Hub>, restarter: Restarter) {
 async fn probe_loop(hub: Arc<Hub>, restarter: Restarter, service: String) {
     let mut streak = ProbeStreak::default();
     loop {
-        let cfg = hub.config();
-        let Some(svc) = cfg.services.get(&service) else {
+        // The settings its running container was made with.
+        let Some(svc) = hub.settings(&service) else {
             return;
         };
         let Some(p) = svc.probe.clone() else { return };

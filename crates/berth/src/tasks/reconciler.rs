@@ -25,6 +25,20 @@ use crate::tasks::restarter::Restarter;
 
 /// A full re-observe even when nothing asked for one, as a safety net.
 pub const RESYNC: Duration = Duration::from_secs(30);
+/// Room in a pass for pulls and engine calls beyond the services' start timeouts.
+const PASS_SLACK: Duration = Duration::from_secs(600);
+/// The name the reconciler's heartbeat goes by.
+const BEAT: &str = "reconciler";
+
+/// What the bring-ups of one pass share.
+struct Pass<'a> {
+    cfg: &'a Config,
+    /// Services whose bring-up in this pass is over.
+    done: watch::Receiver<BTreeSet<String>>,
+    /// Services with work in this pass.
+    busy: &'a BTreeSet<String>,
+    started: std::time::Instant,
+}
 
 pub struct Reconciler {
     hub: Arc<Hub>,
@@ -50,6 +64,7 @@ impl Reconciler {
         let mut recovered = false;
         let mut engine_answered = true;
         loop {
+            hub.beat(BEAT, self.budget());
             if let Err(e) = hub.engine.ping().await {
                 // The restarter's reconnects ask for the next pass.
                 if std::mem::replace(&mut engine_answered, false) {
@@ -84,6 +99,19 @@ impl Reconciler {
         }
     }
 
+    /// How long a loop iteration may take: a pass waits for services to come up (each
+    /// within its start timeout, along dependency chains), and may pull images.
+    fn budget(&self) -> Duration {
+        let starts: Duration = self
+            .hub
+            .config()
+            .services
+            .values()
+            .filter_map(|s| s.probe.as_ref().map(|p| p.start_timeout))
+            .sum();
+        RESYNC + starts + PASS_SLACK
+    }
+
     /// One pass: observe, plan, execute.
     pub async fn converge(&self) -> anyhow::Result<()> {
         let hub = &self.hub;
@@ -115,12 +143,14 @@ impl Reconciler {
                 }
             }
         });
-        let actions = berth_core::plan(&cfg, &observed, &held);
+        let actions = berth_core::plan(&cfg, &observed, &held, &hub.rejected());
+        let pass_started = mono_now();
         for a in &actions {
             info!(action = %a, service = a.service().unwrap_or(""), "plan");
         }
         let labels = spec::project_labels(&cfg);
         let mut per_service: BTreeMap<String, Vec<Action>> = BTreeMap::new();
+        let mut removed = BTreeSet::new();
         for a in actions {
             match &a {
                 Action::CreateNetwork { name } => hub
@@ -143,19 +173,20 @@ impl Reconciler {
                     self.stop_and_remove(id, grace)
                         .await
                         .with_context(|| format!("removing container {name}"))?;
+                    removed.insert(id.clone());
                 }
-                Action::CreateContainer { service, .. } | Action::StartContainer { service } => {
-                    per_service
-                        .entry(service.clone())
-                        .or_default()
-                        .push(a.clone())
-                }
+                Action::CreateContainer { service, .. }
+                | Action::StartContainer { service }
+                | Action::ReplaceContainer { service, .. } => per_service
+                    .entry(service.clone())
+                    .or_default()
+                    .push(a.clone()),
             }
         }
         // Current containers, for services the plan leaves alone (adopted).
         let mut existing: BTreeMap<String, String> = BTreeMap::new();
         for c in &observed.containers {
-            if cfg.services.contains_key(&c.service) {
+            if cfg.services.contains_key(&c.service) && !removed.contains(&c.id) {
                 existing.insert(c.service.clone(), c.id.clone());
             }
         }
@@ -182,18 +213,29 @@ impl Reconciler {
                 });
             }
         }
+        // Services with work in this pass: a dependant waits for it to be over.
+        let busy: BTreeSet<String> = per_service
+            .iter()
+            .filter(|(_, a)| !a.is_empty())
+            .map(|(s, _)| s.clone())
+            .collect();
         // Services whose bring-up in this pass is over (or will not happen): a dependant
         // waiting on one of them that is not healthy gives up at once instead of waiting.
         let (done_tx, done_rx) = watch::channel(settled);
         let done_tx = Arc::new(done_tx);
+        let pass = Pass {
+            cfg: &cfg,
+            done: done_rx,
+            busy: &busy,
+            started: pass_started,
+        };
+        let pass = &pass;
         let ups = cfg.start_order().into_iter().map(|name| {
             let actions = per_service.remove(&name).unwrap_or_default();
             let id = existing.get(&name).cloned();
-            let cfg = cfg.clone();
-            let done_rx = done_rx.clone();
             let done_tx = done_tx.clone();
             async move {
-                let r = self.bring_up(&cfg, &name, actions, id, done_rx).await;
+                let r = self.bring_up(pass, &name, actions, id).await;
                 done_tx.send_modify(|d| {
                     d.insert(name.clone());
                 });
@@ -229,19 +271,52 @@ impl Reconciler {
     /// Waits for dependencies, runs the service's actions, and probes fast until healthy.
     async fn bring_up(
         &self,
-        cfg: &Config,
+        pass: &Pass<'_>,
         name: &str,
         actions: Vec<Action>,
         existing: Option<String>,
-        done: watch::Receiver<BTreeSet<String>>,
     ) -> anyhow::Result<()> {
         let hub = &self.hub;
-        let svc = &cfg.services[name];
+        let cfg = pass.cfg;
+        // The settings the service's container was made with (the old ones, when a
+        // change to them was rolled back).
+        let svc = &hub
+            .settings(name)
+            .unwrap_or_else(|| cfg.services[name].clone());
         // A running container is left alone whatever its dependencies do: dependants of a
         // restarted service are not restarted.
         if !actions.is_empty() {
-            self.wait_for_deps(svc, done).await?;
+            self.wait_for_deps(svc, pass.done.clone(), pass.busy)
+                .await?;
         }
+        if let Some(Action::ReplaceContainer { id, reason, .. }) = actions.first() {
+            let from = match reason {
+                berth_core::Reason::SpecChanged { from, .. } => from.as_str(),
+                _ => "",
+            };
+            // A dependency's change was just rolled back: this one (made to go with it)
+            // waits for the next change of the file.
+            if let Some(dep) = svc
+                .depends_on
+                .iter()
+                .find(|d| hub.rejected_since(d, pass.started))
+            {
+                warn!(service = %name, dependency = %dep, "not changed: the change to its dependency was rolled back");
+                let new = &cfg.services[name];
+                let old = hub.settings_of(name, from).unwrap_or_else(|| new.clone());
+                hub.reject(name, new.spec_hash(), old);
+                return Ok(());
+            }
+            return self.deployer.replace(name, id, from).await;
+        }
+        let svc = if actions
+            .iter()
+            .any(|a| matches!(a, Action::CreateContainer { .. }))
+        {
+            &cfg.services[name]
+        } else {
+            svc
+        };
         let mut id = existing;
         let mut started = false;
         for a in &actions {
@@ -305,25 +380,39 @@ impl Reconciler {
         gate::until_healthy(hub, svc, &details, ip, timeout).await
     }
 
-    /// Waits until every dependency is healthy; fails as soon as one of them is settled
-    /// for this pass without being healthy.
+    /// Waits until every dependency is healthy and done with its own work in this pass
+    /// (`busy`); fails as soon as one of them is settled for this pass without being
+    /// healthy.
     async fn wait_for_deps(
         &self,
         svc: &Service,
         mut done: watch::Receiver<BTreeSet<String>>,
+        busy: &BTreeSet<String>,
     ) -> anyhow::Result<()> {
         let mut snap = self.hub.subscribe();
         loop {
             let unhealthy: Vec<String> = {
                 let s = snap.borrow_and_update();
+                let d = done.borrow();
                 svc.depends_on
                     .iter()
-                    .filter(|d| !s.services.get(*d).is_some_and(|st| st.is_healthy()))
+                    .filter(|dep| {
+                        !s.services.get(*dep).is_some_and(|st| st.is_healthy())
+                            || (busy.contains(*dep) && !d.contains(*dep))
+                    })
                     .cloned()
                     .collect()
             };
-            self.hub
-                .update_service(&svc.name, |s| s.waiting_for = unhealthy.clone());
+            // Only a real change is published: this loop wakes on every change itself.
+            let known = self.hub.read(|s| {
+                s.services
+                    .get(&svc.name)
+                    .is_none_or(|st| st.waiting_for == unhealthy)
+            });
+            if !known {
+                self.hub
+                    .update_service(&svc.name, |s| s.waiting_for = unhealthy.clone());
+            }
             if unhealthy.is_empty() {
                 return Ok(());
             }

@@ -24,6 +24,11 @@ use crate::io::containers::{short, started_at};
 use crate::tasks::gate;
 
 const EVENTS_RETRY: Duration = Duration::from_millis(200);
+/// The restarter shows progress at least this often while it waits…
+const BEAT_EVERY: Duration = Duration::from_secs(10);
+/// …and may be silent this long (an engine call on the event path can take the client's
+/// whole request timeout).
+const BEAT_BUDGET: Duration = Duration::from_secs(180);
 const EVENTS_RETRY_MAX: Duration = Duration::from_secs(5);
 
 enum Msg {
@@ -93,7 +98,9 @@ struct Task {
 impl Task {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut delay = EVENTS_RETRY;
+        let mut beat = tokio::time::interval(BEAT_EVERY);
         loop {
+            self.hub.beat("restarter", BEAT_BUDGET);
             let project = self.hub.config().supervisor.project.clone();
             let mut events = self.hub.engine.events(LABEL_PROJECT, &project);
             // An event stream that opened means the engine is back: re-observe.
@@ -125,6 +132,7 @@ impl Task {
                             std::panic::resume_unwind(e.into_panic());
                         }
                     }
+                    _ = beat.tick() => self.hub.beat("restarter", BEAT_BUDGET),
                 }
             }
             self.hub.update(|s| s.engine_connected = false);
@@ -235,8 +243,7 @@ impl Task {
                 .update_service(&service, |s| s.state = State::Stopped);
             return;
         }
-        let cfg = self.hub.config();
-        let Some(svc) = cfg.services.get(&service) else {
+        let Some(svc) = self.hub.settings(&service) else {
             return;
         };
         // How long it ran, on the engine's clock: its StartedAt (kept in `since`) to the
@@ -308,9 +315,10 @@ async fn restart_after(
         return;
     }
     let cfg = hub.config();
-    let Some(svc) = cfg.services.get(&service) else {
+    let Some(svc) = hub.settings(&service) else {
         return;
     };
+    let svc = &svc;
     if !spec_current {
         hub.request_reconcile();
         return;

@@ -23,35 +23,48 @@ struct Kit {
     fake: Arc<FakeEngine>,
     hub: Arc<Hub>,
     deployer: Arc<Deployer>,
+    backups: Arc<Backups>,
     restarter: Restarter,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
-/// A stack of project `p` with these `[services.*]` tables, and the state the deployer
-/// finds on disk.
-fn kit_with(services: &str, deploys: DeployState) -> Kit {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// The config of project `p` with these tables, its state in the test's folder.
+fn config_in(dir: &std::path::Path, tables: &str) -> Config {
     let src = format!(
-        "[supervisor]\nproject = \"p\"\nstate_dir = {:?}\n\n{services}",
-        dir.path().join("state")
+        "[supervisor]\nproject = \"p\"\nstate_dir = {:?}\n\n{tables}",
+        dir.join("state")
     );
-    let file: Config =
-        berth_config::parse_str(&dir.path().join("berth.toml"), &src, &|_| None).expect("config");
-    std::fs::create_dir_all(&file.supervisor.state_dir).expect("state dir");
+    let cfg = berth_config::parse_str(&dir.join("berth.toml"), &src, &|_| None).expect("config");
+    std::fs::create_dir_all(&cfg.supervisor.state_dir).expect("state dir");
+    cfg
+}
+
+/// A stack of project `p` with these `[services.*]` (and other) tables, and the state
+/// the deployer finds on disk (or why it could not read it).
+fn kit_from(tables: &str, deploys: Result<DeployState, String>) -> Kit {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = config_in(dir.path(), tables);
     let fake = FakeEngine::new();
-    let mut d = deploys;
-    let (cfg, _) = d.apply(file.clone());
+    let (cfg, deploys) = match deploys {
+        Ok(mut d) => (d.apply(file.clone()).0, Ok(d)),
+        Err(e) => (file.clone(), Err(e)),
+    };
     let hub = Hub::new(fake.clone(), cfg);
     let backups = Backups::new(hub.clone(), Arc::new(Notify::new()));
-    let deployer = Deployer::new(hub.clone(), backups, file, d);
+    let deployer = Deployer::new(hub.clone(), backups.clone(), file, deploys);
     let (restarter, _task) = Restarter::start(hub.clone());
     Kit {
         fake,
         hub,
         deployer,
+        backups,
         restarter,
-        _dir: dir,
+        dir,
     }
+}
+
+fn kit_with(services: &str, deploys: DeployState) -> Kit {
+    kit_from(services, Ok(deploys))
 }
 
 fn kit(services: &str) -> Kit {
@@ -429,4 +442,590 @@ async fn recovery_of_a_deploy_that_had_finished_keeps_the_new_version() {
             ("p-bot.previous".into(), "bot:1".into(), false),
         ]
     );
+}
+
+/// A PostgreSQL as far as backups care: databases by name, every SQL statement run, and
+/// a rename that can be made to fail.
+#[derive(Default)]
+struct PgSim {
+    dbs: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    sql: std::sync::Mutex<Vec<String>>,
+    /// Renames of this database fail.
+    fail_rename_from: std::sync::Mutex<Option<String>>,
+    dumps: std::sync::atomic::AtomicUsize,
+}
+
+impl PgSim {
+    /// Answers the execs of containers of `image` (`pg_dump`, `psql`, `pg_restore`).
+    fn install(
+        fake: &FakeEngine,
+        image: &'static str,
+        then: impl Fn(&str) -> Option<ExecResult> + Send + Sync + 'static,
+    ) -> Arc<PgSim> {
+        let sim = Arc::new(PgSim::default());
+        sim.dbs
+            .lock()
+            .expect("lock")
+            .extend(["postgres".to_string(), "bot".to_string()]);
+        let s = sim.clone();
+        fake.set_exec_handler(move |c, cmd| {
+            if c.image != image {
+                return then(&c.image);
+            }
+            Some(s.run(cmd))
+        });
+        sim
+    }
+
+    fn run(&self, cmd: &[String]) -> ExecResult {
+        let ok = |out: &str| ExecResult {
+            exit_code: 0,
+            stdout: out.as_bytes().to_vec(),
+            stderr: Vec::new(),
+        };
+        match cmd.first().map(String::as_str) {
+            Some("pg_dump") => {
+                let n = self.dumps.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                ok(&format!("DUMP-{n}"))
+            }
+            Some("psql") => {
+                let sql = cmd.last().cloned().unwrap_or_default();
+                self.sql.lock().expect("lock").push(sql.clone());
+                let names: Vec<String> = sql
+                    .split('"')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_string)
+                    .collect();
+                let mut dbs = self.dbs.lock().expect("lock");
+                if let Some(q) =
+                    sql.strip_prefix("SELECT count(*) FROM pg_database WHERE datname = ")
+                {
+                    let name = q.trim_matches('\'');
+                    return ok(if dbs.contains(name) { "1" } else { "0" });
+                }
+                if sql.starts_with("CREATE DATABASE") {
+                    dbs.insert(names[0].clone());
+                } else if sql.starts_with("DROP DATABASE IF EXISTS") {
+                    dbs.remove(&names[0]);
+                } else if sql.starts_with("ALTER DATABASE") {
+                    let (from, to) = (&names[0], &names[1]);
+                    let refused =
+                        self.fail_rename_from.lock().expect("lock").as_ref() == Some(from);
+                    if refused || !dbs.contains(from) || dbs.contains(to) {
+                        return ExecResult {
+                            exit_code: 1,
+                            stdout: Vec::new(),
+                            stderr: b"ERROR: cannot rename".to_vec(),
+                        };
+                    }
+                    dbs.remove(from);
+                    dbs.insert(to.clone());
+                }
+                ok("")
+            }
+            _ => ok(""),
+        }
+    }
+
+    fn renames(&self) -> Vec<String> {
+        self.sql
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|s| s.starts_with("ALTER DATABASE") || s.starts_with("DROP DATABASE"))
+            .cloned()
+            .collect()
+    }
+}
+
+const PG_BOT: &str = "[services.postgres]\nimage = \"pg:1\"\n\n[services.bot]\nimage = \"bot:1\"\ndepends_on = [\"postgres\"]\nprobe = { exec = { command = [\"check\"] }, interval = \"1s\", start_timeout = \"5s\" }\ndeploy = { health_timeout = \"3s\", restore_db_on_rollback = true }\n\n[backup]\nservice = \"postgres\"\nuser = \"bot\"\ndatabase = \"bot\"\nverify = false\n";
+
+/// The PostgreSQL simulation, with probes failing in bot:2.
+fn pg_bot(k: &Kit) -> Arc<PgSim> {
+    PgSim::install(&k.fake, "pg:1", |image| {
+        (image == "bot:2").then(|| ExecResult {
+            exit_code: 1,
+            stdout: Vec::new(),
+            stderr: b"not ready".to_vec(),
+        })
+    })
+}
+
+fn backup_dir(k: &Kit) -> std::path::PathBuf {
+    k.hub.config().backup.as_ref().expect("backup").dir.clone()
+}
+
+/// Issue 15, item 1: with `restore_db_on_rollback`, a deploy without its own backup is
+/// refused, and a rollback restores exactly the backup its deploy took.
+#[tokio::test(start_paused = true)]
+async fn rollback_can_restore_only_the_backup_its_deploy_took() {
+    let k = kit(PG_BOT);
+    let pg = pg_bot(&k);
+    k.reconciler().converge().await.expect("first pass");
+    k.fake.add_image("bot:2");
+    // Last night's backup (pruned later today by retention: read it now).
+    let old = k.backups.backup_now().await.expect("backup");
+    let old_dump = std::fs::read(old.path(&backup_dir(&k))).expect("old");
+    k.fake.clear_calls();
+    let e = k
+        .deployer
+        .deploy("bot", "bot:2", false, Turn::Refuse)
+        .await
+        .expect_err("--no-backup is refused");
+    assert!(
+        format!("{e:#}").contains("deploy without --no-backup"),
+        "{e:#}"
+    );
+    assert!(k.changes().is_empty(), "refused before touching anything");
+
+    let e = k
+        .deployer
+        .deploy("bot", "bot:2", true, Turn::Refuse)
+        .await
+        .expect_err("bot:2 fails its probe");
+    assert!(format!("{e:#}").contains("rolled back to bot:1"), "{e:#}");
+    let rec = k.hub.read(|s| s.deploy["bot"].clone());
+    assert_eq!(rec.outcome, Outcome::RolledBack);
+    let taken = rec.backup.clone().expect("the deploy's backup is recorded");
+    assert_ne!(taken, old.id);
+    assert_eq!(
+        rec.restored.as_deref(),
+        Some(taken.as_str()),
+        "restored: its own"
+    );
+    // What pg_restore was fed is that backup's file, not last night's.
+    let fed: Vec<Vec<u8>> = k
+        .fake
+        .execs()
+        .into_iter()
+        .filter(|x| x.cmd.first().map(String::as_str) == Some("pg_restore"))
+        .map(|x| x.stdin)
+        .collect();
+    let file = std::fs::read(backup_dir(&k).join(format!("{taken}.dump"))).expect("dump");
+    assert_eq!(fed, vec![file]);
+    assert_ne!(fed[0], old_dump);
+    assert!(pg.dbs.lock().expect("lock").contains("bot"));
+}
+
+/// Issue 15, item 2: the live database is renamed aside, not dropped, until the restored
+/// one is in its place; when that fails, the live one comes back as it was.
+#[tokio::test(start_paused = true)]
+async fn a_restore_can_be_undone_and_never_leaves_no_live_database() {
+    let k = kit(PG_BOT);
+    let pg = pg_bot(&k);
+    k.reconciler().converge().await.expect("first pass");
+    let meta = k.backups.backup_now().await.expect("backup");
+    let cfg = k.hub.config();
+
+    *pg.fail_rename_from.lock().expect("lock") = Some("bot_berth_restore".into());
+    let e = crate::io::backup::restore_database(k.fake.as_ref(), &cfg, &meta)
+        .await
+        .expect_err("the swap fails");
+    assert!(
+        format!("{e:#}").contains("the live one is back as it was"),
+        "{e:#}"
+    );
+    let dbs = pg.dbs.lock().expect("lock").clone();
+    assert!(dbs.contains("bot"), "{dbs:?}");
+    assert!(
+        !dbs.contains("bot_berth_replaced") && !dbs.contains("bot_berth_restore"),
+        "{dbs:?}"
+    );
+    let renames = pg.renames();
+    assert!(
+        !renames
+            .iter()
+            .any(|s| s == "DROP DATABASE IF EXISTS \"bot\" WITH (FORCE)"),
+        "{renames:?}"
+    );
+    assert_eq!(
+        renames.last().map(String::as_str),
+        Some("DROP DATABASE IF EXISTS \"bot_berth_restore\" WITH (FORCE)")
+    );
+    assert!(
+        renames.contains(&"ALTER DATABASE \"bot_berth_replaced\" RENAME TO \"bot\"".to_string())
+    );
+
+    // It works the next time, and a safety backup of the replaced data is kept.
+    *pg.fail_rename_from.lock().expect("lock") = None;
+    let run = tokio::spawn({
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        k.reconciler().run(tx)
+    });
+    let before = crate::io::backup::list(&backup_dir(&k))
+        .expect("list")
+        .len();
+    let done = k.backups.restore(&meta.id).await.expect("restored");
+    let safety = done.safety.expect("a safety backup");
+    let after = crate::io::backup::list(&backup_dir(&k)).expect("list");
+    assert_eq!(after.len(), before + 1);
+    assert!(after.iter().any(|m| m.id == safety));
+    let renames = pg.renames();
+    let i = |s: &str| renames.iter().rposition(|r| r == s).unwrap_or(usize::MAX);
+    assert!(
+        i("ALTER DATABASE \"bot\" RENAME TO \"bot_berth_replaced\"")
+            < i("ALTER DATABASE \"bot_berth_restore\" RENAME TO \"bot\"")
+    );
+    assert!(
+        i("ALTER DATABASE \"bot_berth_restore\" RENAME TO \"bot\"")
+            < i("DROP DATABASE IF EXISTS \"bot_berth_replaced\" WITH (FORCE)")
+    );
+    run.abort();
+}
+
+/// Issue 15, item 3: a damaged deploys.json changes no running container until a person
+/// fixes or removes it and reloads.
+#[tokio::test(start_paused = true)]
+async fn a_damaged_deploy_state_changes_no_container_until_fixed() {
+    // The file says bot:1; bot:2 was deployed and runs; the record of that is damaged.
+    let k = kit_from(
+        BOT,
+        Err("deploys.json is damaged: EOF while parsing".into()),
+    );
+    let cfg = k.hub.config();
+    k.fake.add_network("p", &[("berth.project", "p")]);
+    let mut svc = cfg.services["bot"].clone();
+    svc.image = "bot:2".into();
+    k.fake
+        .add_container(spec::container_spec(&cfg, &svc), true)
+        .expect("running bot:2");
+    k.fake.clear_calls();
+    k.reconciler().converge().await.expect("pass");
+    assert!(k.changes().is_empty(), "{:?}", k.changes());
+    assert!(k.running("p-bot"));
+    let e = k
+        .deployer
+        .deploy("bot", "bot:3", false, Turn::Refuse)
+        .await
+        .expect_err("refused");
+    assert!(format!("{e:#}").contains("fix or remove the file"), "{e:#}");
+    let (overall, why) = k.hub.read(|s| {
+        (
+            s.overall(std::time::SystemTime::now()),
+            s.state_error.clone(),
+        )
+    });
+    assert_eq!(overall, berth_core::snapshot::Overall::Degraded);
+    assert!(why.is_some());
+
+    // Still damaged on disk: a reload is refused.
+    std::fs::write(k.dir.path().join("state/deploys.json"), "{").expect("write");
+    let file = config_in(k.dir.path(), BOT);
+    assert!(k.deployer.reload(file.clone()).await.is_err());
+    // A person writes it right: bot:2 deployed over the file's bot:1.
+    let mut fixed = DeployState::default();
+    fixed.overrides.insert(
+        "bot".into(),
+        berth_core::deploy::Override {
+            image: "bot:2".into(),
+            file_image: "bot:1".into(),
+            pending: false,
+        },
+    );
+    crate::io::statefile::save_deploys(&k.dir.path().join("state"), &fixed).expect("save");
+    k.deployer.reload(file).await.expect("reloaded");
+    assert!(!k.hub.is_held("bot"));
+    assert_eq!(k.hub.read(|s| s.state_error.clone()), None);
+    k.reconciler().converge().await.expect("pass");
+    assert!(k.changes().is_empty(), "bot:2 adopted: {:?}", k.changes());
+}
+
+/// Issue 15, item 7: an admin client that disconnects mid-deploy neither cancels nor
+/// wedges it: the deploy ends (here: rolls back) and lets go of the service.
+#[tokio::test(start_paused = true)]
+async fn an_admin_client_gone_mid_deploy_leaves_no_hold() {
+    use tokio::io::AsyncWriteExt;
+    let k = kit(BOT);
+    k.reconciler().converge().await.expect("first pass");
+    k.fake.add_image("bot:2");
+    fail_probes_of(&k.fake, "bot:2");
+    let sock = k.dir.path().join("admin.sock");
+    let listener = crate::serve::admin::bind(&sock).await.expect("bind");
+    let server = tokio::spawn(crate::serve::admin::serve(
+        listener,
+        crate::serve::admin::Admin {
+            backups: k.backups.clone(),
+            deployer: k.deployer.clone(),
+        },
+    ));
+    {
+        let mut c = tokio::net::UnixStream::connect(&sock)
+            .await
+            .expect("connect");
+        let body = r#"{"service":"bot","image":"bot:2","backup":false}"#;
+        c.write_all(
+            format!(
+                "POST /deploy HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("send");
+        // The client goes away before the answer.
+        k.until(Duration::from_secs(5), "deploy started", |k| {
+            k.hub.is_held("bot")
+        })
+        .await;
+    }
+    k.until(Duration::from_secs(60), "deploy ended", |k| {
+        k.hub.read(|s| s.deploy.get("bot").map(|r| r.outcome)) == Some(Outcome::RolledBack)
+    })
+    .await;
+    assert!(!k.hub.is_held("bot"));
+    assert_eq!(
+        k.fake.container("p-bot").map(|c| c.image),
+        Some("bot:1".into())
+    );
+    assert!(k.running("p-bot"));
+    server.abort();
+}
+
+/// Issue 15, item 10: a reload that changes the backup schedule takes effect at once
+/// (the schedule was read only once).
+#[tokio::test]
+async fn a_reload_that_changes_the_backup_schedule_takes_effect() {
+    let tables = |schedule: &str| {
+        PG_BOT.replace(
+            "verify = false\n",
+            &format!("verify = false\nschedule = {schedule:?}\n"),
+        )
+    };
+    let k = kit(&tables("0 0 1 1 *"));
+    let _pg = pg_bot(&k);
+    k.reconciler().converge().await.expect("first pass");
+    let run = tokio::spawn(k.backups.clone().run());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        k.fake.execs().iter().all(|x| x.cmd[0] != "pg_dump"),
+        "none yet: the next is on January 1st"
+    );
+    // Every second now.
+    k.hub
+        .set_config(config_in(k.dir.path(), &tables("* * * * * *")));
+    k.until(Duration::from_secs(5), "a scheduled backup", |k| {
+        k.fake.execs().iter().any(|x| x.cmd[0] == "pg_dump")
+    })
+    .await;
+    assert_eq!(
+        k.hub.read(|s| s.backup.period),
+        Some(Duration::from_secs(1))
+    );
+    run.abort();
+}
+
+/// Issue 15, item 10: a reload that replaces `[alerts]` ends the old channel's sender;
+/// it no longer retries for ever and overwrites the new channel's status.
+#[tokio::test]
+async fn a_reload_that_replaces_alerts_ends_the_old_sender() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A webhook receiver that answers 200 to everything.
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = receiver.local_addr().expect("addr").port();
+    let got = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = got.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = receiver.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = vec![0u8; 65536];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await;
+        }
+    });
+    // Nothing listens on port 9 of loopback: the old channel fails and retries.
+    let k = kit(&format!(
+        "{APP}\n[alerts]\nwebhook = {{ url = \"http://127.0.0.1:9/old\" }}\n"
+    ));
+    let alerts = tokio::spawn(crate::tasks::alerts::run(k.hub.clone(), true));
+    k.until(Duration::from_secs(5), "the old channel failed", |k| {
+        k.hub
+            .read(|s| s.alerts.get("webhook").is_some_and(|c| c.failures > 0))
+    })
+    .await;
+    k.hub.set_config(config_in(
+        k.dir.path(),
+        &format!("{APP}\n[alerts]\nwebhook = {{ url = \"http://127.0.0.1:{port}/new\" }}\n"),
+    ));
+    k.hub
+        .update(|s| s.config.error = Some("berth.toml:1:1: something to tell".into()));
+    k.until(Duration::from_secs(5), "the new channel delivered", |k| {
+        k.hub
+            .read(|s| s.alerts.get("webhook").is_some_and(|c| c.sent > 0))
+    })
+    .await;
+    // Long enough for the old sender's next retries, had it lived.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let st = k.hub.read(|s| s.alerts["webhook"].clone());
+    assert!(st.ok && st.failures == 0, "{st:?}");
+    assert!(got.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    alerts.abort();
+    server.abort();
+}
+
+/// Issue 15, item 11: `deploy.rollback = "manual"` leaves the failed version in place,
+/// the old one kept for `berth rollback`.
+#[tokio::test(start_paused = true)]
+async fn deploy_rollback_manual_is_honoured() {
+    let k = kit(&BOT.replace(
+        "health_timeout = \"3s\"",
+        "health_timeout = \"3s\", rollback = \"manual\"",
+    ));
+    k.reconciler().converge().await.expect("first pass");
+    k.fake.add_image("bot:2");
+    fail_probes_of(&k.fake, "bot:2");
+    let e = k
+        .deployer
+        .deploy("bot", "bot:2", false, Turn::Refuse)
+        .await
+        .expect_err("failed");
+    assert!(
+        format!("{e:#}").contains("run `berth rollback bot`"),
+        "{e:#}"
+    );
+    assert_eq!(
+        k.fake.container("p-bot").map(|c| c.image),
+        Some("bot:2".into())
+    );
+    assert_eq!(
+        k.fake.container("p-bot.previous").map(|c| c.image),
+        Some("bot:1".into())
+    );
+    assert_eq!(k.hub.read(|s| s.deploy["bot"].outcome), Outcome::Failed);
+    assert_eq!(k.hub.config().services["bot"].image, "bot:2");
+    assert!(!k.hub.is_held("bot"));
+}
+
+/// A database and a bot whose probes pass only while their `PASSWORD` env matches what
+/// the database was initialised with ("old").
+fn db_and_bot(password: &str) -> String {
+    format!(
+        "[services.db]\nimage = \"db:1\"\nenv = {{ PASSWORD = \"{password}\" }}\nprobe = {{ exec = {{ command = [\"check\"] }}, interval = \"1s\", start_timeout = \"3s\" }}\n\n[services.bot]\nimage = \"bot:1\"\ndepends_on = [\"db\"]\nenv = {{ PASSWORD = \"{password}\" }}\nprobe = {{ exec = {{ command = [\"check\"] }}, interval = \"1s\", start_timeout = \"3s\" }}\n"
+    )
+}
+
+fn passwords_must_match(fake: &FakeEngine) {
+    fake.set_exec_handler(|c, _| {
+        (!c.spec.env.iter().any(|e| e == "PASSWORD=old")).then(|| ExecResult {
+            exit_code: 1,
+            stdout: Vec::new(),
+            stderr: b"password authentication failed".to_vec(),
+        })
+    });
+}
+
+/// Issue 21, item 1: a change of settings is applied like a deploy: the old container
+/// stays (stopped) until the new one is healthy.
+#[tokio::test(start_paused = true)]
+async fn a_changed_service_is_replaced_gated_and_keeps_its_old_container() {
+    let k = kit(APP);
+    k.reconciler().converge().await.expect("first pass");
+    let old = k.fake.container("p-app").expect("app").id;
+    k.hub.set_config(config_in(
+        k.dir.path(),
+        "[services.app]\nimage = \"app:1\"\nenv = { MODE = \"new\" }\n",
+    ));
+    k.fake.clear_calls();
+    k.reconciler()
+        .converge()
+        .await
+        .expect("the change goes through");
+    assert_eq!(
+        k.changes(),
+        vec![
+            "remove p-app.previous-old",
+            "rename p-app.previous p-app.previous-old",
+            "rename app:1 p-app.previous",
+            "create p-app app:1",
+            "stop app:1",
+            "start app:1",
+        ]
+    );
+    assert_eq!(k.fake.container("p-app.previous").map(|c| c.id), Some(old));
+    assert!(k.running("p-app"));
+    assert_eq!(k.fake.running_containers().len(), 1);
+    let rec = k.hub.read(|s| s.deploy["app"].clone());
+    assert_eq!(
+        (rec.outcome, rec.trigger),
+        (Outcome::Deployed, Trigger::Change)
+    );
+    k.fake.clear_calls();
+    k.reconciler().converge().await.expect("pass");
+    assert!(k.changes().is_empty(), "converged: {:?}", k.changes());
+}
+
+/// Issue 21, item 1: a change that cannot work (a new database password on a volume
+/// initialised with the old one) is rolled back: the old containers serve on, probed with
+/// their own settings, and the change is not tried again until the file changes.
+#[tokio::test(start_paused = true)]
+async fn a_change_that_cannot_work_is_rolled_back_and_not_retried() {
+    let k = kit(&db_and_bot("old"));
+    passwords_must_match(&k.fake);
+    k.reconciler().converge().await.expect("first pass");
+    let (db, bot) = (
+        k.fake.container("p-db").expect("db").id,
+        k.fake.container("p-bot").expect("bot").id,
+    );
+    k.hub
+        .set_config(config_in(k.dir.path(), &db_and_bot("new")));
+    let e = k
+        .reconciler()
+        .converge()
+        .await
+        .expect_err("the change fails");
+    assert!(format!("{e:#}").contains("1 service(s) not up"), "{e:#}");
+    // The old containers run, and are healthy by their own probes.
+    assert_eq!(k.fake.container("p-db").map(|c| c.id), Some(db));
+    assert_eq!(k.fake.container("p-bot").map(|c| c.id), Some(bot.clone()));
+    assert!(k.running("p-db") && k.running("p-bot"));
+    assert_eq!(
+        k.fake.running_containers().len(),
+        2,
+        "never two on one volume"
+    );
+    let rec = k.hub.read(|s| s.deploy["db"].clone());
+    assert_eq!(
+        (rec.outcome, rec.trigger),
+        (Outcome::RolledBack, Trigger::Change)
+    );
+    let reason = rec.reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("change to db rolled back: not healthy within 3s"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("password authentication failed"),
+        "{reason}"
+    );
+    // The bot's change, made to go with the database's, was not even tried.
+    assert!(
+        !k.fake
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::Stop { id, .. } if *id == bot)),
+        "the bot was never stopped"
+    );
+    assert!(k.hub.rejected().contains_key("bot"));
+    // Settled: nothing more is tried, the services are healthy.
+    k.fake.clear_calls();
+    k.reconciler().converge().await.expect("settled");
+    assert!(k.changes().is_empty(), "{:?}", k.changes());
+    assert!(k.hub.read(|s| s.all_healthy()));
+    assert_eq!(
+        k.hub.settings("db").map(|s| s.env_list()),
+        Some(vec!["PASSWORD=old".to_string()])
+    );
+    // The file goes back to what runs: nothing to replace, nothing rejected.
+    k.hub
+        .set_config(config_in(k.dir.path(), &db_and_bot("old")));
+    k.reconciler().converge().await.expect("back");
+    assert!(k.changes().is_empty(), "{:?}", k.changes());
+    assert!(k.hub.rejected().is_empty());
 }

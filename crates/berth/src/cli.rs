@@ -138,6 +138,17 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// A new value for a secret of the env file (a database password: changed in the
+    /// database first), then the services that use it recreated, gated
+    RotateSecret {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The variable of the env file, e.g. POSTGRES_PASSWORD
+        var: String,
+        /// Read the new value from standard input instead of generating one
+        #[arg(long)]
+        value_from_stdin: bool,
+    },
     /// Show a service's container logs
     Logs {
         #[command(flatten)]

@@ -104,6 +104,7 @@ pub async fn run(file: Config, path: PathBuf) -> anyhow::Result<()> {
     let admin = admin::Admin {
         backups: backups.clone(),
         deployer: deployer.clone(),
+        config: path.clone(),
     };
     tasks.spawn(async move {
         if let Err(e) = admin::serve(admin_listener, admin).await {
@@ -143,7 +144,7 @@ pub async fn run(file: Config, path: PathBuf) -> anyhow::Result<()> {
             }
             _ = hup.recv() => {
                 notify::reloading();
-                if let Err(e) = reload(&hub, &deployer, &path).await {
+                if let Err(e) = deployer.reload_from(&path).await {
                     error!(error = %e, "reload rejected; keeping the running config");
                     hub.update(|s| s.config.error = Some(e));
                 }
@@ -178,23 +179,6 @@ pub async fn run(file: Config, path: PathBuf) -> anyhow::Result<()> {
         info!("stopped");
     }
     outcome
-}
-
-/// SIGHUP: the file again. A file that does not validate, or that changes what only a
-/// restart can change, is refused whole and the running state kept.
-async fn reload(hub: &Hub, deployer: &Arc<Deployer>, path: &std::path::Path) -> Result<(), String> {
-    let new = berth_config::load(path).map_err(|errs| errs.to_string())?;
-    let refused = hub.config().supervisor.restart_needed(&new.supervisor);
-    if !refused.is_empty() {
-        return Err(format!(
-            "{}: restart berth to change {}",
-            path.display(),
-            refused.join(", ")
-        ));
-    }
-    deployer.reload(new).await?;
-    info!(config = %path.display(), "reloaded config");
-    Ok(())
 }
 
 /// A task's future that answers its name when it ends.

@@ -95,6 +95,13 @@ fn main() -> ExitCode {
             };
             cmd::deploy::rollback(cfg, req, yes)
         }),
+        Command::RotateSecret {
+            config,
+            var,
+            value_from_stdin,
+        } => with_config(&config, |cfg| {
+            cmd::rotate::rotate_secret(cfg, &config.config, var, value_from_stdin)
+        }),
         Command::Logs {
             config,
             service,

@@ -8,6 +8,7 @@ pub mod deploy;
 pub mod docs;
 pub mod logs;
 pub mod plan;
+pub mod rotate;
 pub mod status;
 
 use std::path::Path;

@@ -29,6 +29,8 @@ use berth_core::deploy::Record;
 pub struct Admin {
     pub backups: Arc<Backups>,
     pub deployer: Arc<Deployer>,
+    /// The config file, for `/reload`.
+    pub config: std::path::PathBuf,
 }
 
 pub async fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
@@ -65,6 +67,7 @@ pub async fn serve(listener: tokio::net::UnixListener, admin: Admin) -> anyhow::
         .route("/restore", post(restore))
         .route("/deploy", post(deploy))
         .route("/rollback", post(rollback))
+        .route("/reload", post(reload))
         .with_state(admin);
     axum::serve(listener, app).await?;
     Ok(())
@@ -109,6 +112,18 @@ async fn deploy(State(a): State<Admin>, Json(req): Json<DeployRequest>) -> Answe
 
 async fn rollback(State(a): State<Admin>, Json(req): Json<RollbackRequest>) -> Answer<Record> {
     detached(async move { a.deployer.rollback(&req.service, req.restore_db).await }).await
+}
+
+/// Reads the config file again, as SIGHUP does; answers whether it was taken.
+async fn reload(State(a): State<Admin>) -> Answer<bool> {
+    detached(async move {
+        a.deployer
+            .reload_from(&a.config)
+            .await
+            .map(|()| true)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    })
+    .await
 }
 
 /// Asks the daemon: POSTs `body` to `path`. `None` when no daemon answers on the socket

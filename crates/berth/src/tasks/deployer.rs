@@ -178,6 +178,24 @@ impl Deployer {
         self.hub.set_config(cfg);
     }
 
+    /// SIGHUP (or `berth rotate-secret`): the file again. A file that does not validate,
+    /// or that changes what only a restart can change, is refused whole and the running
+    /// state kept.
+    pub async fn reload_from(self: &Arc<Self>, path: &std::path::Path) -> Result<(), String> {
+        let new = berth_config::load(path).map_err(|errs| errs.to_string())?;
+        let refused = self.hub.config().supervisor.restart_needed(&new.supervisor);
+        if !refused.is_empty() {
+            return Err(format!(
+                "{}: restart berth to change {}",
+                path.display(),
+                refused.join(", ")
+            ));
+        }
+        self.reload(new).await?;
+        info!(config = %path.display(), "reloaded config");
+        Ok(())
+    }
+
     /// Swaps in a new, already validated config file. Deployed images stay in place
     /// unless the file changed that service's image; such a change goes through the
     /// deploy flow (migration, health gate, rollback), so until it succeeds the running

@@ -353,7 +353,12 @@ impl Reconciler {
         });
         hub.update_service(name, |s| {
             s.container_id = Some(id.clone());
-            s.image = svc.image.clone();
+            // What runs, as the engine says (an adopted container may predate the file).
+            s.image = if details.image.is_empty() {
+                svc.image.clone()
+            } else {
+                details.image.clone()
+            };
             s.ip = ip;
             s.since = started_at(&details);
             if started {

@@ -218,15 +218,22 @@ impl Task {
                 warn!(service = %service, container = %short(&ev.container_id), "container ran out of memory");
                 self.hub.update_service(&service, |s| s.oom_kills += 1);
             }
-            "destroy"
-                if self.hub.current_container(&service).as_deref() == Some(&ev.container_id) =>
-            {
+            "destroy" => {
+                // Checked and changed in one step: a deploy may make another container
+                // the service's at any moment (reading first raced with it, and a
+                // rollback then saw its container "exited while starting").
+                let mut was_current = false;
                 self.hub.update_service(&service, |s| {
-                    s.container_id = None;
-                    s.state = State::Pending;
-                    s.health = Health::Unknown;
+                    if s.container_id.as_deref() == Some(ev.container_id.as_str()) {
+                        was_current = true;
+                        s.container_id = None;
+                        s.state = State::Pending;
+                        s.health = Health::Unknown;
+                    }
                 });
-                self.hub.request_reconcile();
+                if was_current {
+                    self.hub.request_reconcile();
+                }
             }
             _ => {}
         }
@@ -238,9 +245,13 @@ impl Task {
         if expected || current.as_deref() != Some(ev.container_id.as_str()) {
             return;
         }
+        let id = ev.container_id.as_str();
         if self.hub.is_held(&service) {
-            self.hub
-                .update_service(&service, |s| s.state = State::Stopped);
+            self.hub.update_service(&service, |s| {
+                if s.container_id.as_deref() == Some(id) {
+                    s.state = State::Stopped;
+                }
+            });
             return;
         }
         let Some(svc) = self.hub.settings(&service) else {
@@ -280,9 +291,11 @@ impl Task {
         self.hub.update_service(&service, |s| {
             s.restarts += 1;
             s.crashloop = d.crashloop;
-            s.state = State::Exited;
-            s.health = Health::Unhealthy;
-            s.next_restart = SystemTime::now().checked_add(d.delay);
+            if s.container_id.as_deref() == Some(id) {
+                s.state = State::Exited;
+                s.health = Health::Unhealthy;
+                s.next_restart = SystemTime::now().checked_add(d.delay);
+            }
         });
         let spec_current = ev.labels.get(LABEL_SPEC_HASH) == Some(&svc.spec_hash());
         let hub = self.hub.clone();

@@ -747,6 +747,7 @@ async fn an_admin_client_gone_mid_deploy_leaves_no_hold() {
         crate::serve::admin::Admin {
             backups: k.backups.clone(),
             deployer: k.deployer.clone(),
+            config: k.dir.path().join("berth.toml"),
         },
     ));
     {

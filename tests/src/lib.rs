@@ -815,3 +815,58 @@ pub fn parse_metrics(text: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// What the fake Bot API and the engine say about the bot.
+impl Stack {
+    /// The fake Bot API's `/_control/polls` (`conflicts`: getUpdates answered 409).
+    pub fn polls(&self) -> Value {
+        http_client()
+            .get(self.telegram("/_control/polls"))
+            .send()
+            .expect("polls")
+            .json()
+            .expect("json")
+    }
+
+    /// getUpdates calls answered 409 because another poll was open: two pollers.
+    pub fn conflicts(&self) -> u64 {
+        self.polls()["conflicts"].as_u64().unwrap_or(u64::MAX)
+    }
+
+    /// Running containers of `service` (more than one bot would be two pollers).
+    pub fn running(&self, service: &str) -> usize {
+        docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=berth.project={}", self.project),
+            "--filter",
+            &format!("label=berth.service={service}"),
+        ])
+        .expect("docker ps")
+        .lines()
+        .count()
+    }
+
+    /// Sends `/start` from chat `chat` and waits until the bot has answered it.
+    pub fn wait_answered(&self, chat: i64, within: Duration) {
+        let http = http_client();
+        http.post(self.telegram("/_control/updates"))
+            .json(&serde_json::json!({"chat_id": chat, "text": "/start"}))
+            .send()
+            .expect("update");
+        wait_for("the bot answers", within, || {
+            let v: Value = http
+                .get(self.telegram("/_control/sent"))
+                .send()
+                .ok()?
+                .json()
+                .ok()?;
+            v["messages"]
+                .as_array()?
+                .iter()
+                .any(|m| m["chat_id"] == chat)
+                .then_some(())
+        });
+    }
+}

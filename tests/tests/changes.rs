@@ -23,16 +23,6 @@ fn config(stack: &Stack) -> String {
         )
 }
 
-fn conflicts(stack: &Stack) -> u64 {
-    let polls: serde_json::Value = http_client()
-        .get(stack.telegram("/_control/polls"))
-        .send()
-        .expect("polls")
-        .json()
-        .expect("json");
-    polls["conflicts"].as_u64().unwrap_or(u64::MAX)
-}
-
 /// (a) A new POSTGRES_PASSWORD in the env file cannot work on a volume initialised with
 /// the old one: after SIGHUP the stack is healthy again on its old containers within the
 /// start timeout + 30 s, and /health says why.
@@ -113,7 +103,7 @@ fn an_impossible_memory_limit_is_rolled_back_with_no_conflict() {
     });
     assert_eq!(h["deploy"]["bot"]["trigger"], "change");
     assert_eq!(stack.containers(), before, "the old bot serves on");
-    assert_eq!(conflicts(&stack), 0);
+    assert_eq!(stack.conflicts(), 0);
     let out = stack.berth(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("change to bot rolled back"), "{text}");
@@ -164,25 +154,8 @@ fn rotate_secret_changes_the_database_password_everywhere() {
     }
     assert_eq!(stack.psql("SELECT count(*) FROM marks"), "3");
     // The bot answers: it reaches PostgreSQL with the new password.
-    let http = http_client();
-    http.post(stack.telegram("/_control/updates"))
-        .json(&serde_json::json!({"chat_id": 42, "text": "/start"}))
-        .send()
-        .expect("update");
-    wait_for("the bot answers", Duration::from_secs(30), || {
-        let v: serde_json::Value = http
-            .get(stack.telegram("/_control/sent"))
-            .send()
-            .ok()?
-            .json()
-            .ok()?;
-        v["messages"]
-            .as_array()?
-            .iter()
-            .any(|m| m["chat_id"] == 42)
-            .then_some(())
-    });
-    assert_eq!(conflicts(&stack), 0);
+    stack.wait_answered(42, Duration::from_secs(30));
+    assert_eq!(stack.conflicts(), 0);
 }
 
 /// (b) for Redis: `berth rotate-secret REDIS_PASSWORD` sets the new `requirepass` in the
@@ -225,5 +198,5 @@ fn rotate_secret_changes_the_redis_password_everywhere() {
     assert!(said.contains("recreated bot, redis"), "{said}");
     let h = d.wait_healthy(UP);
     assert_eq!(h["deploy"]["redis"]["outcome"], "deployed", "{h}");
-    assert_eq!(conflicts(&stack), 0);
+    assert_eq!(stack.conflicts(), 0);
 }

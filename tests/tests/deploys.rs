@@ -16,29 +16,6 @@ fn config(stack: &Stack, migrate: &str) -> String {
     )
 }
 
-fn polls(stack: &Stack) -> Value {
-    http_client()
-        .get(stack.telegram("/_control/polls"))
-        .send()
-        .expect("polls")
-        .json()
-        .expect("json")
-}
-
-fn running_bots(stack: &Stack) -> usize {
-    docker(&[
-        "ps",
-        "-q",
-        "--filter",
-        &format!("label=berth.project={}", stack.project),
-        "--filter",
-        "label=berth.service=bot",
-    ])
-    .expect("ps")
-    .lines()
-    .count()
-}
-
 #[test]
 fn deploy_then_broken_deploy_rolls_back_then_rollback_and_adoption() {
     let stack = Stack::new("deploy");
@@ -70,7 +47,7 @@ fn deploy_then_broken_deploy_rolls_back_then_rollback_and_adoption() {
         h["services"]["bot"]["restarts"], 0,
         "a deploy is not a crash"
     );
-    assert_eq!(running_bots(&stack), 1);
+    assert_eq!(stack.running("bot"), 1);
     // The bot answers after the switch.
     let http = http_client();
     http.post(stack.telegram("/_control/updates"))
@@ -99,7 +76,7 @@ fn deploy_then_broken_deploy_rolls_back_then_rollback_and_adoption() {
     let h = d.wait_healthy(UP);
     assert_eq!(h["services"]["bot"]["image"], "berth-demo/bot:2");
     assert_eq!(h["deploy"]["bot"]["outcome"], "rolled_back");
-    assert_eq!(running_bots(&stack), 1);
+    assert_eq!(stack.running("bot"), 1);
 
     // `berth rollback` goes back to bot:1 (the rollback target survived the failed deploy).
     let out = stack.berth(&["rollback", "bot"]);
@@ -110,8 +87,8 @@ fn deploy_then_broken_deploy_rolls_back_then_rollback_and_adoption() {
     );
     let h = d.wait_healthy(UP);
     assert_eq!(h["services"]["bot"]["image"], "berth-demo/bot:1");
-    assert_eq!(running_bots(&stack), 1);
-    assert_eq!(polls(&stack)["conflicts"], 0, "never two pollers");
+    assert_eq!(stack.running("bot"), 1);
+    assert_eq!(stack.polls()["conflicts"], 0, "never two pollers");
 
     // berth restarted: the deployed image stays, nothing is recreated.
     let bot = stack.containers()["bot"].clone();
@@ -267,8 +244,8 @@ fn a_reload_that_changes_the_image_goes_through_the_deploy_flow() {
         bot2,
         "the old container came back"
     );
-    assert_eq!(running_bots(&stack), 1);
-    assert_eq!(polls(&stack)["conflicts"], 0, "never two pollers");
+    assert_eq!(stack.running("bot"), 1);
+    assert_eq!(stack.polls()["conflicts"], 0, "never two pollers");
 
     // A restarted berth keeps bot:2 (the file's image failed) and touches nothing.
     d.kill9();
@@ -308,11 +285,11 @@ fn berth_killed_mid_deploy_comes_back_to_exactly_one_bot() {
 
     let mut d2 = stack.start();
     let h = d2.wait_healthy(UP);
-    assert_eq!(running_bots(&stack), 1, "{}", d2.logs());
+    assert_eq!(stack.running("bot"), 1, "{}", d2.logs());
     assert_eq!(h["services"]["bot"]["image"], "berth-demo/bot:1");
     assert_eq!(stack.containers()["bot"], bot1, "the old container is back");
     assert_eq!(h["deploy"]["bot"]["outcome"], "interrupted", "{h}");
-    assert_eq!(polls(&stack)["conflicts"], 0, "never two pollers");
+    assert_eq!(stack.polls()["conflicts"], 0, "never two pollers");
     // No leftover of the interrupted deploy runs or lingers as the rollback target.
     assert!(
         docker(&[
@@ -363,7 +340,7 @@ fn a_deploy_waits_for_a_running_backup_and_rollback_can_restore_the_database() {
     let h = d.wait_healthy(UP);
     assert_eq!(h["services"]["bot"]["image"], "berth-demo/bot:1");
     assert_eq!(stack.psql("SELECT v FROM marks"), "before");
-    assert_eq!(running_bots(&stack), 1);
+    assert_eq!(stack.running("bot"), 1);
 }
 
 #[test]
@@ -396,7 +373,7 @@ fn a_deploy_pulls_an_image_this_host_does_not_have() {
     );
     let h = d.wait_healthy(UP);
     assert_eq!(h["services"]["bot"]["image"], image.as_str());
-    assert_eq!(running_bots(&stack), 1);
+    assert_eq!(stack.running("bot"), 1);
     drop(d);
     drop(stack);
     let _ = docker(&["rmi", &image]);

@@ -229,26 +229,8 @@ fn an_admin_client_killed_mid_deploy_leaves_one_bot_and_an_outcome() {
         |h| h["deploy"]["bot"]["outcome"] == "rolled_back" && h["status"] == "ok",
     );
     assert_eq!(h["deploy"]["bot"]["image"], "berth-demo/bot:broken");
-    let bots: Vec<String> = docker(&[
-        "ps",
-        "-q",
-        "--filter",
-        &format!("label=berth.project={}", stack.project),
-        "--filter",
-        "label=berth.service=bot",
-    ])
-    .expect("docker ps")
-    .lines()
-    .map(str::to_string)
-    .collect();
-    assert_eq!(bots.len(), 1, "exactly one bot runs");
-    let polls: serde_json::Value = http_client()
-        .get(stack.telegram("/_control/polls"))
-        .send()
-        .expect("polls")
-        .json()
-        .expect("json");
-    assert_eq!(polls["conflicts"], 0);
+    assert_eq!(stack.running("bot"), 1, "exactly one bot runs");
+    assert_eq!(stack.conflicts(), 0);
 }
 
 /// Issue 15, item 8: a task that panics ends berth with an error (systemd restarts it),

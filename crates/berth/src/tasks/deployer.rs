@@ -412,15 +412,7 @@ impl Deployer {
         let name = cfg.container_name(service);
         let previous_name = Role::Previous.name(&name);
         let old = hub.current_container(service);
-        // The rollback target of the last deploy is parked until this one succeeds, so a
-        // failed deploy leaves `berth rollback` where it was.
-        let parked = Role::Parked.name(&name);
-        let _ = hub.engine.remove_container(&parked, true).await;
-        let had_previous = hub
-            .engine
-            .rename_container(&previous_name, &parked)
-            .await
-            .is_ok();
+        let (parked, had_previous) = self.park_previous(&name).await;
         let start_first = svc.deploy.strategy == Strategy::StartFirst;
         // When the old container stopped: the service is interrupted from then on.
         let mut stopped_at: Option<Instant> = None;
@@ -561,6 +553,14 @@ impl Deployer {
         let cfg = hub.config();
         let svc = service_config(&cfg, service)?;
         let new_hash = svc.spec_hash();
+        // Planned before the lock was ours: a deploy or rollback may have settled it
+        // since (the container now matches the config in force, or is another one).
+        let now = hub.engine.inspect_container(old_id).await?;
+        if now.labels.get(berth_core::LABEL_SPEC_HASH) == Some(&new_hash)
+            || now.name != cfg.container_name(service)
+        {
+            return Ok(());
+        }
         // The old container's own settings (probe, grace period), to bring it back with;
         // unknown (berth restarted since), it comes back gated on running alone.
         let old_svc = hub.settings_of(service, old_hash).unwrap_or_else(|| {
@@ -598,13 +598,7 @@ impl Deployer {
         info!(service, from = old_hash, to = %new_hash, "changing the service: replacing its container, gated");
         let name = cfg.container_name(service);
         let previous_name = Role::Previous.name(&name);
-        let parked = Role::Parked.name(&name);
-        let _ = hub.engine.remove_container(&parked, true).await;
-        let had_previous = hub
-            .engine
-            .rename_container(&previous_name, &parked)
-            .await
-            .is_ok();
+        let (parked, had_previous) = self.park_previous(&name).await;
         let mut stopped_at = None;
         let r = async {
             hub.engine.rename_container(old_id, &previous_name).await?;
@@ -671,6 +665,21 @@ impl Deployer {
                 }
             }
         }
+    }
+
+    /// The rollback target of the last deploy (`.previous`) is parked as
+    /// `.previous-old` until the next switch succeeds, so a failed one leaves `berth
+    /// rollback` where it was. Returns the parked name and whether there was one.
+    async fn park_previous(&self, name: &str) -> (String, bool) {
+        let parked = Role::Parked.name(name);
+        let _ = self.hub.engine.remove_container(&parked, true).await;
+        let had = self
+            .hub
+            .engine
+            .rename_container(&Role::Previous.name(name), &parked)
+            .await
+            .is_ok();
+        (parked, had)
     }
 
     /// The steps before any container changes: image present, pre-deploy backup (its
@@ -879,10 +888,10 @@ impl Deployer {
             anyhow::Ok(current.map(|c| c.image).unwrap_or_default())
         }
         .await;
-        drop(hold);
         let from = match r {
             Ok(from) => from,
             Err(e) => {
+                drop(hold);
                 let rec = record(
                     svc.image.clone(),
                     Outcome::Failed,
@@ -896,7 +905,10 @@ impl Deployer {
                 return Err(e);
             }
         };
+        // The image in force changes before the hold ends: a pass in between would see
+        // the old image's container under the new image's config and replace it.
         self.set_override(service, &previous_image).await?;
+        drop(hold);
         let rec = record(from, Outcome::RolledBack, stopped_at.map(|t| t.elapsed()));
         self.record(rec.clone()).await?;
         Ok(rec)

@@ -283,6 +283,16 @@ fn setup_droplet_and_the_unit_under_a_real_systemd() {
         show("StatusText")
     );
     assert_ne!(show("WatchdogUSec"), "0");
+    // Issue 16, item 1: nothing in the unit's effective sandbox stops berth's own
+    // outbound traffic (Telegram alerts, webhooks, S3). On a cgroup-v2 droplet systemd
+    // enforces IP filtering, where this machine (cgroup v1) would not show it failing.
+    assert_eq!(show("IPAddressDeny"), "", "an IP deny list blocks alerts");
+    assert_eq!(show("PrivateNetwork"), "no");
+    let families = show("RestrictAddressFamilies");
+    assert!(
+        families.contains("AF_INET") && families.contains("AF_INET6"),
+        "{families}"
+    );
     let health = droplet
         .exec(&["curl", "-fsS", "http://127.0.0.1:7878/health"])
         .expect("health");

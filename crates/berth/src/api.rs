@@ -44,6 +44,14 @@ pub struct Restored {
     pub safety_error: Option<String>,
 }
 
+/// One channel's answer to `berth alert test` (`POST /alert-test`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChannelTest {
+    pub channel: String,
+    /// Why it failed (no secret in it); None when the message went through.
+    pub error: Option<String>,
+}
+
 /// Every admin answer: `{"ok": true, "result": …}` or `{"ok": false, "error": "…"}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Reply<T> {

@@ -1,30 +1,34 @@
-//! `berth alert test`.
+//! `berth alert test`: a test message to every channel of `[alerts]`, sent by the
+//! running daemon (so the unit's sandbox and network path are what is tried); from this
+//! shell only when no daemon runs, and then it says so.
 
-use anyhow::Context as _;
 use berth_config::Config;
-use berth_core::alerts::test_message;
-use berth_core::secrets::secrets;
 
-use crate::tasks::alerts::{Channel, http_client};
+use crate::api::ChannelTest;
+use crate::serve::admin;
+use crate::tasks::alerts::send_test;
 
 pub async fn alert_test(cfg: Config) -> anyhow::Result<()> {
-    let a = cfg
-        .alerts
-        .as_ref()
-        .context("no [alerts] section in the config: add telegram = { chat_id = ... } or webhook = { url = ... }")?;
-    let http = http_client()?;
-    let secrets = secrets(&cfg);
-    let msg = test_message();
+    let results = match admin::request::<_, Vec<ChannelTest>>(
+        &cfg.supervisor.admin_socket,
+        "/alert-test",
+        &(),
+    )
+    .await
+    {
+        Some(r) => r?,
+        None => {
+            println!("no berth daemon answers: sending from this shell, outside berth's sandbox");
+            send_test(&cfg).await?
+        }
+    };
     let mut failed = 0;
-    for (name, ch) in Channel::all(a) {
-        match ch
-            .send(&http, &msg, &cfg.supervisor.project, &secrets)
-            .await
-        {
-            Ok(()) => println!("{name}: sent"),
-            Err(e) => {
+    for r in &results {
+        match &r.error {
+            None => println!("{}: sent", r.channel),
+            Some(e) => {
                 failed += 1;
-                println!("{name}: failed: {e:#}");
+                println!("{}: failed: {e}", r.channel);
             }
         }
     }

@@ -19,7 +19,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::api::{DeployRequest, Meta, Reply, RestoreRequest, Restored, RollbackRequest};
+use crate::api::{
+    ChannelTest, DeployRequest, Meta, Reply, RestoreRequest, Restored, RollbackRequest,
+};
 use crate::tasks::backups::Backups;
 use crate::tasks::deployer::{Deployer, Turn};
 use berth_core::deploy::Record;
@@ -68,6 +70,7 @@ pub async fn serve(listener: tokio::net::UnixListener, admin: Admin) -> anyhow::
         .route("/deploy", post(deploy))
         .route("/rollback", post(rollback))
         .route("/reload", post(reload))
+        .route("/alert-test", post(alert_test))
         .with_state(admin);
     axum::serve(listener, app).await?;
     Ok(())
@@ -112,6 +115,12 @@ async fn deploy(State(a): State<Admin>, Json(req): Json<DeployRequest>) -> Answe
 
 async fn rollback(State(a): State<Admin>, Json(req): Json<RollbackRequest>) -> Answer<Record> {
     detached(async move { a.deployer.rollback(&req.service, req.restore_db).await }).await
+}
+
+/// `berth alert test`, sent from the daemon's own process.
+async fn alert_test(State(a): State<Admin>) -> Answer<Vec<ChannelTest>> {
+    let cfg = a.deployer.config();
+    detached(async move { crate::tasks::alerts::send_test(&cfg).await }).await
 }
 
 /// Reads the config file again, as SIGHUP does; answers whether it was taken.

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::api::ChannelTest;
 use crate::hub::{Hub, mono_now};
 
 /// Messages waiting for a channel; beyond this new ones are dropped (and counted).
@@ -133,6 +134,30 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
         .timeout(Duration::from_secs(10))
         .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
         .build()?)
+}
+
+/// Sends the test message to every channel of `[alerts]`, from this process (the daemon
+/// answers `berth alert test` with it, so its own sandbox and network path are tried).
+pub async fn send_test(cfg: &Config) -> anyhow::Result<Vec<ChannelTest>> {
+    let a = cfg.alerts.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "no [alerts] section in the config: add telegram = {{ chat_id = ... }} or webhook = {{ url = ... }}"
+        )
+    })?;
+    let http = http_client()?;
+    let secrets = secrets(cfg);
+    let msg = berth_core::alerts::test_message();
+    let mut out = Vec::new();
+    for (name, ch) in Channel::all(a) {
+        let r = ch
+            .send(&http, &msg, &cfg.supervisor.project, &secrets)
+            .await;
+        out.push(ChannelTest {
+            channel: name.to_string(),
+            error: r.err().map(|e| e.to_string()),
+        });
+    }
+    Ok(out)
 }
 
 /// The sender task of one channel: delivers in order, retrying each message with

@@ -134,6 +134,11 @@ impl Deployer {
             .clone()
     }
 
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.hub.config()
+    }
+
     fn state_dir(&self) -> std::path::PathBuf {
         self.hub.config().supervisor.state_dir.clone()
     }

@@ -18,6 +18,9 @@ pub struct Config {
     pub services: BTreeMap<String, Service>,
     pub backup: Option<Backup>,
     pub alerts: Option<Alerts>,
+    /// What is allowed but probably not meant, as `FILE:LINE:COL: message` (`berth
+    /// check` prints them; the daemon logs them).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

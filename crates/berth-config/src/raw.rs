@@ -58,7 +58,8 @@ pub struct RawService {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum SizeValue {
-    Bytes(u64),
+    /// Signed, so that a negative number is read and refused with a clear message.
+    Bytes(i64),
     Text(String),
 }
 

@@ -21,6 +21,19 @@ struct Ctx<'a> {
     env_vars: BTreeMap<String, String>,
     /// The env file could not be used: missing `${VAR}`s would only repeat that error.
     env_file_failed: bool,
+    warnings: Vec<String>,
+}
+
+/// The most memory a limit may name (beyond it the engine's signed 64-bit field wraps).
+const MAX_MEMORY: u64 = 1 << 50;
+/// The most CPUs a limit may name.
+const MAX_CPUS: f64 = 1024.0;
+
+/// A name the environment can carry: letters, digits and `_`, not starting with a digit.
+fn is_env_key(k: &str) -> bool {
+    !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// The longest duration any setting takes (timeouts, backoffs, periods).
@@ -86,9 +99,21 @@ impl Ctx<'_> {
         }
     }
 
+    fn warn(&mut self, span: &Range<usize>, msg: impl Into<String>) {
+        let w = self.loc.span(span, msg);
+        self.warnings.push(w.to_string());
+    }
+
     fn size(&mut self, key: &str, v: &S<SizeValue>) -> Option<u64> {
         match v.get_ref() {
-            SizeValue::Bytes(b) => Some(*b),
+            SizeValue::Bytes(b) if *b < 0 => {
+                self.err(
+                    &v.span(),
+                    format!("{key}: {b} is negative; write a size, e.g. \"512MiB\""),
+                );
+                None
+            }
+            SizeValue::Bytes(b) => Some(*b as u64),
             SizeValue::Text(t) => match t.trim().parse::<bytesize::ByteSize>() {
                 Ok(b) => Some(b.as_u64()),
                 Err(e) => {
@@ -117,6 +142,7 @@ pub(crate) fn parse(
         lookup,
         env_vars: BTreeMap::new(),
         env_file_failed: false,
+        warnings: Vec::new(),
     };
     let supervisor = supervisor(&mut cx, path, &raw.supervisor, read_env_file);
     let names: BTreeSet<String> = raw.services.keys().cloned().collect();
@@ -139,6 +165,7 @@ pub(crate) fn parse(
             services,
             backup,
             alerts,
+            warnings: cx.warnings,
         })
     } else {
         cx.errors.sort_by_key(|e| (e.file.clone(), e.line, e.col));
@@ -371,15 +398,41 @@ fn service(
             ),
         );
     }
-    if r.image.get_ref().trim().is_empty() {
+    let image = r.image.get_ref();
+    if image.trim().is_empty() {
         cx.err(
             &r.image.span(),
             format!("{}: must not be empty", key("image")),
         );
+    } else if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        cx.err(
+            &r.image.span(),
+            format!(
+                "{}: {image:?} is not an image reference (no spaces or control characters), e.g. \"postgres:16\"",
+                key("image")
+            ),
+        );
     }
     let mut env = BTreeMap::new();
     for (k, v) in &r.env {
-        env.insert(k.clone(), cx.value(&key(&format!("env.{k}")), v));
+        let value = cx.value(&key(&format!("env.{k}")), v);
+        if !is_env_key(k) {
+            cx.err(
+                &v.span(),
+                format!(
+                    "{}: {k:?} is not an environment variable name (letters, digits and _, not starting with a digit)",
+                    key("env")
+                ),
+            );
+        }
+        if value.value.contains('\0') {
+            // Said without the value: it may be a secret.
+            cx.err(
+                &v.span(),
+                format!("{}: contains a NUL byte", key(&format!("env.{k}"))),
+            );
+        }
+        env.insert(k.clone(), value);
     }
     let volumes = r
         .volumes
@@ -392,12 +445,28 @@ fn service(
         .filter_map(|p| port(cx, &key("ports"), p))
         .collect();
     let memory = r.memory.as_ref().and_then(|m| cx.size(&key("memory"), m));
+    if let (Some(m), Some(raw)) = (memory, &r.memory)
+        && m > MAX_MEMORY
+    {
+        cx.err(
+            &raw.span(),
+            format!(
+                "{}: {} is more than any host has (at most {})",
+                key("memory"),
+                bytesize::ByteSize(m),
+                bytesize::ByteSize(MAX_MEMORY)
+            ),
+        );
+    }
     if let Some(c) = &r.cpus
-        && !(*c.get_ref() > 0.0 && c.get_ref().is_finite())
+        && !(*c.get_ref() > 0.0 && *c.get_ref() <= MAX_CPUS)
     {
         cx.err(
             &c.span(),
-            format!("{}: must be a positive number", key("cpus")),
+            format!(
+                "{}: must be a positive number of CPUs, at most {MAX_CPUS}",
+                key("cpus")
+            ),
         );
     }
     if let Some(p) = &r.pids_limit
@@ -452,12 +521,24 @@ fn service(
         .as_ref()
         .map_or_else(RestartPolicy::default, |rr| {
             let d = RestartPolicy::default();
+            let initial_backoff = cx.duration(
+                &key("restart.initial_backoff"),
+                &rr.initial_backoff,
+                d.initial_backoff,
+            );
+            if let Some(v) = &rr.initial_backoff
+                && initial_backoff.is_zero()
+            {
+                cx.err(
+                    &v.span(),
+                    format!(
+                        "{}: must be more than 0 (a service that exits at once would be restarted in a tight loop); write e.g. \"1s\"",
+                        key("restart.initial_backoff")
+                    ),
+                );
+            }
             RestartPolicy {
-                initial_backoff: cx.duration(
-                    &key("restart.initial_backoff"),
-                    &rr.initial_backoff,
-                    d.initial_backoff,
-                ),
+                initial_backoff,
                 max_backoff: cx.duration(
                     &key("restart.max_backoff"),
                     &rr.max_backoff,
@@ -476,7 +557,19 @@ fn service(
             max_size: l
                 .max_size
                 .as_ref()
-                .and_then(|s| cx.size(&key("logs.max_size"), s))
+                .and_then(|s| {
+                    let size = cx.size(&key("logs.max_size"), s)?;
+                    if size == 0 {
+                        cx.err(
+                            &s.span(),
+                            format!(
+                                "{}: must be more than 0, e.g. \"10MiB\"",
+                                key("logs.max_size")
+                            ),
+                        );
+                    }
+                    Some(size)
+                })
                 .unwrap_or(d.max_size),
             max_files: l.max_files.as_ref().map_or(d.max_files, |f| {
                 if *f.get_ref() == 0 {
@@ -554,7 +647,22 @@ fn volume(cx: &mut Ctx<'_>, path: &Path, key: &str, v: &S<String>) -> Option<Vol
         return None;
     }
     let source = if src.starts_with('/') || src.starts_with('.') {
-        VolumeSource::Bind(resolve_path(path, src))
+        let host = resolve_path(path, src);
+        if host == Path::new("/") || host.ends_with("docker.sock") {
+            cx.warn(
+                &v.span(),
+                format!(
+                    "{key}: binding {} gives the container the whole host{}",
+                    host.display(),
+                    if host.ends_with("docker.sock") {
+                        " (the Docker socket is root on the host)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+        VolumeSource::Bind(host)
     } else if is_name(src) {
         VolumeSource::Named(src.to_string())
     } else {
@@ -626,6 +734,15 @@ fn port(cx: &mut Ctx<'_>, key: &str, v: &S<String>) -> Option<PortMapping> {
             }
         },
     };
+    if !host_ip.is_loopback() {
+        cx.warn(
+            &v.span(),
+            format!(
+                "{key}: {:?} is published on {host_ip}, reachable from outside: Docker's published ports bypass ufw, so the firewall does not cover it",
+                v.get_ref()
+            ),
+        );
+    }
     Some(PortMapping {
         host_ip,
         host_port,
@@ -910,6 +1027,22 @@ fn backup(
             None
         }
     });
+    let dir = r.dir.as_ref().map_or_else(
+        || sup.state_dir.join("backups"),
+        |d| resolve_path(path, d.get_ref()),
+    );
+    // The shipped unit (ProtectSystem=strict) writes only its state and runtime folders.
+    if path.starts_with("/etc/berth") && !dir.starts_with("/var/lib/berth") {
+        let span = r.dir.as_ref().map_or_else(|| raw.span(), |d| d.span());
+        cx.warn(
+            &span,
+            format!(
+                "backup.dir: the shipped unit (ProtectSystem=strict) cannot write {}: add `ReadWritePaths={}` in a drop-in (systemctl edit berth), or keep backups under /var/lib/berth",
+                dir.display(),
+                dir.display()
+            ),
+        );
+    }
     let keep = r.keep.as_ref();
     let offsite = r.offsite.as_ref().map(|o| offsite(cx, o, keep));
     let user = r
@@ -920,10 +1053,7 @@ fn backup(
     Some(Backup {
         service: svc.clone(),
         schedule,
-        dir: r.dir.as_ref().map_or_else(
-            || sup.state_dir.join("backups"),
-            |d| resolve_path(path, d.get_ref()),
-        ),
+        dir,
         keep: Keep {
             daily: keep.and_then(|k| k.daily).unwrap_or(7),
             weekly: keep.and_then(|k| k.weekly).unwrap_or(4),

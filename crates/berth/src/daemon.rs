@@ -32,6 +32,9 @@ const HTTP_DRAIN: Duration = Duration::from_secs(2);
 
 pub async fn run(file: Config, path: PathBuf) -> anyhow::Result<()> {
     info!(config = %file.path.display(), project = %file.supervisor.project, services = file.services.len(), "berth starting");
+    for w in &file.warnings {
+        warn!(warning = %w, "config");
+    }
     let state_dir = file.supervisor.state_dir.clone();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state_dir {}", state_dir.display()))?;

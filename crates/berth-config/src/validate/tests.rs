@@ -628,3 +628,89 @@ fn reloads_that_change_the_supervisor_table_need_a_restart() {
         "on_stop applies on reload"
     );
 }
+
+/// Issue 16, item 3: values `check` accepted and the engine or berth then misread.
+#[test]
+fn validation_gaps_are_errors_with_their_location() {
+    let cases = [
+        (
+            "image = \"bot:1\"",
+            "image = \"bot:1 --privileged\"",
+            "is not an image reference",
+        ),
+        (
+            "image = \"bot:1\"",
+            "image = \"bot\\n:1\"",
+            "is not an image reference",
+        ),
+        (
+            "DATABASE_URL = ",
+            "\"A=B\" = \"x\", DATABASE_URL = ",
+            "is not an environment variable name",
+        ),
+        (
+            "DATABASE_URL = ",
+            "\"\" = \"x\", DATABASE_URL = ",
+            "is not an environment variable name",
+        ),
+        (
+            "DATABASE_URL = ",
+            "\"A\\nB\" = \"x\", DATABASE_URL = ",
+            "is not an environment variable name",
+        ),
+        (
+            "DATABASE_URL = ",
+            "NUL = \"a\\u0000b\", DATABASE_URL = ",
+            "contains a NUL byte",
+        ),
+        (
+            "memory = \"512MiB\"",
+            "memory = \"9EiB\"",
+            "more than any host has",
+        ),
+        ("memory = \"512MiB\"", "memory = -1", "-1 is negative"),
+        ("cpus = 1.0", "cpus = 1e300", "at most 1024"),
+        (
+            "max_size = \"10MiB\"",
+            "max_size = 0",
+            "must be more than 0",
+        ),
+        (
+            "stop_grace_period = \"30s\"",
+            "stop_grace_period = \"30s\"\nrestart = { initial_backoff = \"0s\" }",
+            "must be more than 0",
+        ),
+    ];
+    for (from, to, want) in cases {
+        let src = good_with(from, to);
+        let errs = errors(&src);
+        assert!(
+            errs.len() == 1 && errs[0].contains(want) && errs[0].starts_with("b.toml:"),
+            "{to}: {errs:?}"
+        );
+    }
+}
+
+/// Issue 16, item 3: allowed but worth a word: the whole host or the Docker socket bound
+/// in, a port published beyond loopback (Docker's published ports bypass ufw).
+#[test]
+fn risky_binds_and_public_ports_are_warned_about() {
+    let c = parse_ok(&good_with(
+        "ports = [\"8000:8000\"]",
+        "ports = [\"0.0.0.0:8000:8000\"]\nvolumes = [\"/var/run/docker.sock:/var/run/docker.sock\"]",
+    ));
+    assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+    assert!(c.warnings.iter().any(|w| w.contains("bypass ufw")));
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("the Docker socket is root on the host"))
+    );
+    // GOOD lives in /etc/berth with its state beside it: the shipped unit could not
+    // write its backups (ProtectSystem=strict without ReadWritePaths).
+    let w = parse_ok(GOOD).warnings;
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("backup.dir: the shipped unit (ProtectSystem=strict) cannot write /etc/berth/state/backups"), "{w:?}");
+    let ok = parse_ok(&GOOD.replace("state_dir = \"state\"", "state_dir = \"/var/lib/berth\""));
+    assert!(ok.warnings.is_empty(), "{:?}", ok.warnings);
+}

@@ -38,6 +38,9 @@ pub fn load_or_exit(path: &Path) -> Result<Config, ExitCode> {
 pub fn check(arg: &ConfigArg) -> ExitCode {
     match berth_config::load(&arg.config) {
         Ok(cfg) => {
+            for w in &cfg.warnings {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "{}: ok ({} services: {})",
                 cfg.path.display(),

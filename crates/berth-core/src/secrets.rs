@@ -27,7 +27,7 @@ pub fn secrets(cfg: &Config) -> Vec<String> {
     }
     // Longest first, so a secret that contains another is scrubbed whole.
     out.retain(|s| s.len() >= 4);
-    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
     out.dedup();
     out
 }

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context as _;
 use berth_config::Config;
 use berth_core::deploy::DeployState;
 use berth_engine::{DockerEngine, Engine};
@@ -36,8 +35,7 @@ pub async fn run(file: Config, path: PathBuf) -> anyhow::Result<()> {
         warn!(warning = %w, "config");
     }
     let state_dir = file.supervisor.state_dir.clone();
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("creating state_dir {}", state_dir.display()))?;
+    statefile::private_dir(&state_dir)?;
     let listener = http::bind(file.supervisor.health_listen).await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -54,8 +52,7 @@ pub async fn run(file: Config, path: PathBuf) -> anyhow::Result<()> {
     if unclean {
         info!("the previous berth did not stop cleanly");
     }
-    std::fs::write(&marker, std::process::id().to_string())
-        .with_context(|| format!("writing {}", marker.display()))?;
+    statefile::write_atomic(&marker, std::process::id().to_string().as_bytes())?;
 
     // A damaged deploys.json is kept (and a copy set aside): berth then changes no
     // container until a person fixes or removes it, rather than recreating the bot on

@@ -51,6 +51,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Hub {
     /// `cfg` is the config in force (the file's, deployed images in place).
     pub fn new(engine: Arc<dyn Engine>, cfg: Config) -> Arc<Self> {
+        crate::redact::set(&cfg);
         let mut snap = Snapshot::new(SystemTime::now());
         snap.config.generation = 1;
         for (name, svc) in &cfg.services {
@@ -82,6 +83,7 @@ impl Hub {
 
     /// A new config in force; the snapshot follows its services.
     pub fn set_config(&self, cfg: Config) {
+        crate::redact::set(&cfg);
         self.update(|s| {
             s.services.retain(|name, _| cfg.services.contains_key(name));
             for (name, svc) in &cfg.services {
@@ -164,12 +166,17 @@ impl Hub {
         f(&self.snap.borrow())
     }
 
+    /// Changes the snapshot; whatever text it then holds is scrubbed of secrets (it is
+    /// what `/health`, `status` and the alerts show).
     pub fn update(&self, f: impl FnOnce(&mut Snapshot)) {
-        self.snap.send_modify(f);
+        self.snap.send_modify(|s| {
+            f(s);
+            scrub_snapshot(s);
+        });
     }
 
     pub fn update_service(&self, name: &str, f: impl FnOnce(&mut ServiceStatus)) {
-        self.snap.send_modify(|s| {
+        self.update(|s| {
             if let Some(st) = s.services.get_mut(name) {
                 f(st);
             }
@@ -243,6 +250,28 @@ impl Hub {
     pub fn take_expected_stop(&self, id: &str) -> bool {
         lock(&self.expected_stops).remove(id).is_some()
     }
+}
+
+/// Every text of the snapshot that may quote a command's output.
+fn scrub_snapshot(s: &mut Snapshot) {
+    use crate::redact::scrub_opt;
+    for st in s.services.values_mut() {
+        if let Some(p) = st.probe.as_mut() {
+            scrub_opt(&mut p.error);
+        }
+    }
+    scrub_opt(&mut s.config.error);
+    scrub_opt(&mut s.backup.last_error);
+    if let Some(o) = s.backup.offsite.as_mut() {
+        scrub_opt(&mut o.last_error);
+    }
+    for r in s.deploy.values_mut() {
+        scrub_opt(&mut r.reason);
+    }
+    for c in s.alerts.values_mut() {
+        scrub_opt(&mut c.last_error);
+    }
+    scrub_opt(&mut s.state_error);
 }
 
 /// A hold on some services; released on drop, whatever path the owner leaves by.

@@ -12,6 +12,7 @@ mod hub;
 mod io;
 mod logging;
 mod notify;
+mod redact;
 mod serve;
 mod tasks;
 

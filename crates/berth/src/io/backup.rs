@@ -61,8 +61,9 @@ async fn container(
     Ok((d.id, d.image))
 }
 
+/// The end of a command's output, for an error message (scrubbed of secrets).
 fn tail(bytes: &[u8]) -> String {
-    let s = String::from_utf8_lossy(bytes);
+    let s = crate::redact::scrub(&String::from_utf8_lossy(bytes));
     let s = s.trim();
     let start = s.len().saturating_sub(500);
     let start = (start..s.len())

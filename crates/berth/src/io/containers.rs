@@ -50,5 +50,5 @@ pub async fn tail_logs(engine: &dyn Engine, id: &str, lines: u64) -> String {
             break;
         }
     }
-    String::from_utf8_lossy(&out).trim().replace('\n', " | ")
+    crate::redact::scrub(&String::from_utf8_lossy(&out).trim().replace('\n', " | "))
 }

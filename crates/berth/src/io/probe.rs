@@ -45,7 +45,8 @@ pub async fn run(
         ok: outcome.is_ok(),
         latency: start.elapsed(),
         at,
-        error: outcome.err(),
+        // Exec stderr and server messages may quote a secret.
+        error: outcome.err().map(|e| crate::redact::scrub(&e)),
     }
 }
 

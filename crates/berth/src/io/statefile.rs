@@ -12,7 +12,21 @@ fn deploys_path(state_dir: &Path) -> PathBuf {
     state_dir.join("deploys.json")
 }
 
-/// Writes `bytes` to `path` so that a crash leaves either the old or the new content.
+/// Creates `dir` (and its parents) if missing, 0700 whatever the umask: berth's state
+/// is no one else's to read. A folder that already exists is left as it is (it may be
+/// shared, and its mode is its owner's choice).
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private (0700)", dir.display()))
+}
+
+/// Writes `bytes` to `path` (mode 0600, whatever the umask) so that a crash leaves
+/// either the old or the new content.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
@@ -27,6 +41,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
+        // `mode` above is filtered by the umask; the file is 0600 whatever it is.
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -74,6 +90,26 @@ pub fn save_deploys(state_dir: &Path, d: &DeployState) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 16, item 6: state files 0600 and folders 0700, whatever the umask.
+    #[test]
+    fn state_files_and_folders_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sub = dir.path().join("state");
+        private_dir(&sub).expect("dir");
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&sub), 0o700);
+        let f = sub.join("running");
+        std::fs::write(&f, "old").expect("write");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        write_atomic(&f, b"1234").expect("write");
+        assert_eq!(mode(&f), 0o600);
+        // An existing folder keeps its mode.
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o750)).expect("chmod");
+        private_dir(&sub).expect("dir");
+        assert_eq!(mode(&sub), 0o750);
+    }
 
     #[test]
     fn deploy_state_round_trips_and_damage_is_an_error() {

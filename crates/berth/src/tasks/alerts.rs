@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use berth_config::{Alerts, Config};
 use berth_core::alerts::{Message, Redelivery, Rules, Tracker, redelivery, unclean_start};
-use berth_core::secrets::{scrub, secrets};
+use berth_core::secrets::scrub;
 use berth_core::snapshot::ChannelStatus;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -145,7 +145,7 @@ pub async fn send_test(cfg: &Config) -> anyhow::Result<Vec<ChannelTest>> {
         )
     })?;
     let http = http_client()?;
-    let secrets = secrets(cfg);
+    let secrets = crate::redact::secrets();
     let msg = berth_core::alerts::test_message();
     let mut out = Vec::new();
     for (name, ch) in Channel::all(a) {
@@ -168,14 +168,17 @@ async fn deliver(
     mut rx: mpsc::Receiver<Message>,
     hub: Arc<Hub>,
     project: String,
-    secrets: Vec<String>,
 ) {
     let Ok(http) = http_client() else { return };
     while let Some(m) = rx.recv().await {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match channel.send(&http, &m, &project, &secrets).await {
+            // The secrets of the config in force now (rebuilt on every reload).
+            match channel
+                .send(&http, &m, &project, &crate::redact::secrets())
+                .await
+            {
                 Ok(()) => {
                     info!(channel = name, key = %m.key, status = ?m.status, "alert sent");
                     update_channel(&hub, name, |c| {
@@ -229,7 +232,6 @@ struct Outlets {
 
 impl Outlets {
     fn start(hub: &Arc<Hub>, cfg: &Config, alerts: &Alerts) -> Self {
-        let secrets = secrets(cfg);
         let mut tasks = JoinSet::new();
         let senders = Channel::all(alerts)
             .into_iter()
@@ -242,7 +244,6 @@ impl Outlets {
                     rx,
                     hub.clone(),
                     cfg.supervisor.project.clone(),
-                    secrets.clone(),
                 ));
                 (name, tx)
             })

@@ -324,7 +324,8 @@ impl Deployer {
         Ok(())
     }
 
-    async fn record(&self, record: Record) -> anyhow::Result<()> {
+    async fn record(&self, mut record: Record) -> anyhow::Result<()> {
+        crate::redact::scrub_opt(&mut record.reason);
         let latest = self
             .change(|d| {
                 d.finish(record);

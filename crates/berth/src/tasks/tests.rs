@@ -1030,3 +1030,79 @@ async fn a_change_that_cannot_work_is_rolled_back_and_not_retried() {
     assert!(k.changes().is_empty(), "{:?}", k.changes());
     assert!(k.hub.rejected().is_empty());
 }
+
+/// Issue 16, item 5: a secret printed by a probe, a migration or pg_dump never surfaces
+/// in /health (what `status` shows too), deploys.json or the errors berth returns.
+#[tokio::test(start_paused = true)]
+async fn secrets_printed_by_commands_never_surface() {
+    const SECRET: &str = "hunter2-very-secret";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = format!(
+        "[supervisor]\nproject = \"p\"\nstate_dir = {:?}\n\n[services.postgres]\nimage = \"pg:1\"\nenv = {{ POSTGRES_PASSWORD = \"${{SECRET}}\" }}\n\n[services.app]\nimage = \"app:1\"\nenv = {{ TOKEN = \"${{SECRET}}\" }}\nprobe = {{ exec = {{ command = [\"check\"] }}, interval = \"1s\", start_timeout = \"2s\" }}\ndeploy = {{ migrate = [\"migrate\"] }}\n\n[backup]\nservice = \"postgres\"\nverify = false\n",
+        dir.path().join("state")
+    );
+    let lookup = |k: &str| (k == "SECRET").then(|| SECRET.to_string());
+    let file =
+        berth_config::parse_str(&dir.path().join("berth.toml"), &src, &lookup).expect("config");
+    std::fs::create_dir_all(&file.supervisor.state_dir).expect("state dir");
+    let fake = FakeEngine::new();
+    let hub = Hub::new(fake.clone(), file.clone());
+    let backups = Backups::new(hub.clone(), Arc::new(Notify::new()));
+    let deployer = Deployer::new(
+        hub.clone(),
+        backups.clone(),
+        file,
+        Ok(DeployState::default()),
+    );
+    let (restarter, _task) = Restarter::start(hub.clone());
+    let reconciler = Reconciler::new(hub.clone(), restarter, deployer.clone());
+    // Every command tells the secret.
+    let tell = || ExecResult {
+        exit_code: 1,
+        stdout: Vec::new(),
+        stderr: format!("FATAL: password {SECRET} rejected").into_bytes(),
+    };
+    fake.set_exec_handler(move |_, _| Some(tell()));
+    let _ = reconciler.converge().await;
+
+    // The probe's stderr.
+    let doc =
+        serde_json::to_string(&hub.read(|s| s.to_doc(std::time::SystemTime::now()))).expect("json");
+    assert!(doc.contains("password *** rejected"), "{doc}");
+    // pg_dump's stderr.
+    let e = backups.backup_now().await.expect_err("pg_dump fails");
+    assert!(!format!("{e:#}").contains(SECRET), "{e:#}");
+    // A migration's output.
+    fake.add_image("app:2");
+    let watcher = {
+        let fake = fake.clone();
+        tokio::spawn(async move {
+            loop {
+                if fake.container("p-app-migrate").is_some_and(|c| c.running) {
+                    fake.set_logs(
+                        "p-app-migrate",
+                        vec![berth_engine::Output::Stderr(
+                            format!("connecting with {SECRET}\n").into_bytes(),
+                        )],
+                    );
+                    let _ = fake.crash("p-app-migrate", 2);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let e = deployer
+        .deploy("app", "app:2", false, Turn::Refuse)
+        .await
+        .expect_err("the migration fails");
+    watcher.abort();
+    assert!(format!("{e:#}").contains("connecting with ***"), "{e:#}");
+
+    let doc =
+        serde_json::to_string(&hub.read(|s| s.to_doc(std::time::SystemTime::now()))).expect("json");
+    assert!(!doc.contains(SECRET), "{doc}");
+    let state = std::fs::read_to_string(dir.path().join("state/deploys.json")).expect("state");
+    assert!(state.contains("connecting with ***"), "{state}");
+    assert!(!state.contains(SECRET), "{state}");
+}

@@ -72,6 +72,23 @@ fn import_check_export_and_docker_compose_accepts_it() {
     for s in &secrets {
         assert!(!text.contains(s.as_str()), "secret in the export");
     }
+    // Issue 16, item 4: written 0600 (they may name secrets), never over a file unasked.
+    for f in [&toml, &exported] {
+        let mode = std::fs::metadata(f).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+    let again = Command::new(berth_bin())
+        .args(["export", "compose", "-c"])
+        .arg(&toml)
+        .arg("-o")
+        .arg(&exported)
+        .output()
+        .expect("berth");
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "not over an existing file without --force"
+    );
     // The real compose tool validates and resolves it (with the env file for ${VAR}).
     let resolved = run(Command::new("docker-compose")
         .arg("--env-file")

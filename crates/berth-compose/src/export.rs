@@ -58,14 +58,14 @@ fn compose_test(kind: &ProbeKind) -> Value {
             port,
             ..
         } => seq(std::iter::once(s("CMD")).chain(pg_isready(user, database, *port))),
-        ProbeKind::Redis { password, port } => {
-            let mut t = vec![s("CMD"), s("redis-cli"), s("-p"), s(port.to_string())];
-            if let Some(p) = password {
-                t.extend([s("-a"), s(template(p))]);
-            }
-            t.push(s("ping"));
-            seq(t)
-        }
+        // The password, if any, is in the service's REDISCLI_AUTH (see `environment`).
+        ProbeKind::Redis { port, .. } => seq([
+            s("CMD"),
+            s("redis-cli"),
+            s("-p"),
+            s(port.to_string()),
+            s("ping"),
+        ]),
         ProbeKind::Http { port, path } => seq([
             s("CMD-SHELL"),
             s(format!(
@@ -109,10 +109,21 @@ pub fn compose(cfg: &Config) -> String {
         if let Some(u) = &svc.user {
             put("user", s(u.as_str()));
         }
-        if !svc.env.is_empty() {
+        // A Redis probe's password reaches redis-cli through its environment
+        // (REDISCLI_AUTH), never its command line.
+        let redis_auth = match svc.probe.as_ref().map(|p| &p.kind) {
+            Some(ProbeKind::Redis {
+                password: Some(p), ..
+            }) => Some(template(p)),
+            _ => None,
+        };
+        if !svc.env.is_empty() || redis_auth.is_some() {
             let mut env = Mapping::new();
             for (k, v) in &svc.env {
                 env.insert(s(k.as_str()), s(template(v)));
+            }
+            if let Some(a) = &redis_auth {
+                env.insert(s("REDISCLI_AUTH"), s(a.as_str()));
             }
             put("environment", Value::Mapping(env));
         }
@@ -295,10 +306,11 @@ fn kube_probe(p: &berth_config::Probe) -> (Value, Value) {
             if let Some(pw) = password {
                 // The container's own variable, filled from the Secret.
                 let var = vars_of(&pw.template).into_iter().next().unwrap_or_default();
+                // In redis-cli's environment, not on a command line.
                 c = vec![
                     s("sh"),
                     s("-c"),
-                    s(format!("redis-cli -p {port} -a \"${var}\" ping")),
+                    s(format!("REDISCLI_AUTH=\"${var}\" redis-cli -p {port} ping")),
                 ];
                 return probe_pair(p, "exec", map(vec![("command", seq(c))]));
             }

@@ -37,7 +37,51 @@ pub struct Input<'a> {
     pub project: &'a str,
 }
 
+/// The largest compose file read (real ones are a few KiB).
+pub const MAX_INPUT: usize = 1 << 20;
+/// The deepest nesting of `[`/`{` read: YAML parsers take super-linear time on deep
+/// flow nesting (200 KB of `[` took 46 s).
+pub const MAX_DEPTH: usize = 64;
+
+/// The deepest flow nesting in `yaml`, ignoring quoted text and comments.
+fn flow_depth(yaml: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut quote: Option<char> = None;
+    for line in yaml.lines() {
+        let mut prev = ' ';
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '#') if prev.is_whitespace() => break,
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '[' | '{') => {
+                    depth += 1;
+                    max = max.max(depth);
+                }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            prev = c;
+        }
+        // A quote does not span lines in the flow styles that matter here.
+        quote = None;
+    }
+    max
+}
+
 pub fn import(input: &Input<'_>) -> Result<Imported, ImportError> {
+    if input.yaml.len() > MAX_INPUT {
+        return Err(ImportError::Invalid(format!(
+            "{} bytes: larger than any compose file berth reads ({MAX_INPUT})",
+            input.yaml.len()
+        )));
+    }
+    if flow_depth(input.yaml) > MAX_DEPTH {
+        return Err(ImportError::Invalid(format!(
+            "nested deeper than {MAX_DEPTH} levels of [ and {{: not a compose file berth reads"
+        )));
+    }
     let mut doc: Value = serde_yaml_ng::from_str(input.yaml)?;
     doc.apply_merge()?;
     let root = doc
@@ -82,6 +126,17 @@ pub fn import(input: &Input<'_>) -> Result<Imported, ImportError> {
         .collect();
     for (name, svc) in services {
         let Some(name) = name.as_str() else { continue };
+        // Written into TOML as a table name: only what berth accepts as a service name.
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        {
+            cx.note(format!(
+                "services.{name:?}: not a name berth accepts (lowercase letters, digits, '-' and '_'): left out"
+            ));
+            continue;
+        }
         let Some(svc) = svc.as_mapping() else {
             cx.note(format!("services.{name}: not a mapping: left out"));
             continue;
@@ -307,6 +362,27 @@ impl Cx<'_> {
                 }
             }
             _ => {}
+        }
+        // A literal value under a secret-looking name: the file it lands in is no place
+        // for it.
+        for (k, v) in &env {
+            let upper = k.to_ascii_uppercase();
+            let secretish = [
+                "PASSWORD",
+                "PASSWD",
+                "SECRET",
+                "TOKEN",
+                "API_KEY",
+                "PRIVATE_KEY",
+            ]
+            .iter()
+            .any(|w| upper.contains(w));
+            if secretish && !v.is_empty() && !v.contains("${") {
+                self.note(format!(
+                    "{}: a literal secret was copied into the config: move it to berth's env file as {k}=… and write \"${{{k}}}\" here",
+                    key(&format!("env.{k}"))
+                ));
+            }
         }
         if !env.is_empty() {
             let items: Vec<String> = env

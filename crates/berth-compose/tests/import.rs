@@ -162,3 +162,48 @@ fn show() {
     .expect("import");
     println!("{}\n{}", out.toml, out.notes.join("\n"));
 }
+
+fn import_text(yaml: &str) -> Result<berth_compose::Imported, berth_compose::ImportError> {
+    let env = BTreeMap::new();
+    import(&Input {
+        yaml,
+        dir: Path::new("/tmp"),
+        env: &env,
+        env_file: None,
+        project: "p",
+    })
+}
+
+/// Issue 16, item 4: hostile compose files fail fast with a clear error, and a service
+/// name that would break the TOML is left out with a note.
+#[test]
+fn hostile_compose_files_fail_fast_and_bad_names_are_left_out() {
+    let started = std::time::Instant::now();
+    let deep = format!("services: {}", "[".repeat(200_000));
+    let e = import_text(&deep).expect_err("refused");
+    assert!(e.to_string().contains("nested deeper than 64"), "{e}");
+    let big = format!("services:\n  a:\n    image: x\n#{}\n", "x".repeat(2 << 20));
+    let e = import_text(&big).expect_err("refused");
+    assert!(
+        e.to_string().contains("larger than any compose file"),
+        "{e}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let out = import_text("services:\n  \"bad\\nname\":\n    image: x\n  good:\n    image: y\n")
+        .expect("imported");
+    assert!(
+        out.notes
+            .iter()
+            .any(|n| n.contains("not a name berth accepts")),
+        "{:?}",
+        out.notes
+    );
+    berth_config::parse_str(Path::new("/tmp/berth.toml"), &out.toml, &|_| None)
+        .unwrap_or_else(|e| panic!("{e}\n{}", out.toml));
+    // Quoted brackets are text, not nesting.
+    import_text(&format!(
+        "services:\n  a:\n    image: x\n    command: \"{}\"\n",
+        "[".repeat(100)
+    ))
+    .expect("a quoted [ is text");
+}

@@ -353,17 +353,44 @@ impl Config {
     /// Names of services in start order: every service after all it depends on; ties by
     /// name. Validation guarantees there is no cycle.
     pub fn start_order(&self) -> Vec<String> {
-        let mut done: Vec<String> = Vec::new();
-        while done.len() < self.services.len() {
-            let before = done.len();
-            for (name, svc) in &self.services {
-                if !done.contains(name) && svc.depends_on.iter().all(|d| done.contains(d)) {
-                    done.push(name.clone());
+        // Rounds over the services in name order; a service joins as soon as all it
+        // depends on has. Counting what each still waits for keeps a round linear (a
+        // long chain is many rounds, but no longer cubic).
+        let mut waiting: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut dependants: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (name, svc) in &self.services {
+            let known: Vec<&str> = svc
+                .depends_on
+                .iter()
+                .map(String::as_str)
+                .filter(|d| self.services.contains_key(*d))
+                .collect();
+            waiting.insert(name, known.len());
+            for d in known {
+                dependants.entry(d).or_default().push(name);
+            }
+        }
+        let mut done: Vec<String> = Vec::with_capacity(self.services.len());
+        let mut left: Vec<&str> = self.services.keys().map(String::as_str).collect();
+        while !left.is_empty() {
+            let before = left.len();
+            let mut still = Vec::with_capacity(left.len());
+            for name in left {
+                if waiting.get(name).copied().unwrap_or(0) == 0 {
+                    done.push(name.to_string());
+                    for d in dependants.get(name).into_iter().flatten() {
+                        if let Some(n) = waiting.get_mut(d) {
+                            *n -= 1;
+                        }
+                    }
+                } else {
+                    still.push(name);
                 }
             }
-            if done.len() == before {
-                break; // unreachable for a validated config
+            if still.len() == before {
+                break; // a cycle: unreachable for a validated config
             }
+            left = still;
         }
         done
     }

@@ -26,6 +26,8 @@ struct Ctx<'a> {
 
 /// The most memory a limit may name (beyond it the engine's signed 64-bit field wraps).
 const MAX_MEMORY: u64 = 1 << 50;
+/// The most services one config may have (each SIGHUP plans them all).
+const MAX_SERVICES: usize = 1000;
 /// The most CPUs a limit may name.
 const MAX_CPUS: f64 = 1024.0;
 
@@ -146,6 +148,15 @@ pub(crate) fn parse(
     };
     let supervisor = supervisor(&mut cx, path, &raw.supervisor, read_env_file);
     let names: BTreeSet<String> = raw.services.keys().cloned().collect();
+    if names.len() > MAX_SERVICES {
+        cx.err(
+            &(0..0),
+            format!(
+                "{} services: berth supervises at most {MAX_SERVICES} on one host",
+                names.len()
+            ),
+        );
+    }
     let mut services = BTreeMap::new();
     for (name, svc) in &raw.services {
         if let Some(s) = service(&mut cx, path, name, svc, &names) {
@@ -910,45 +921,47 @@ fn check_cycles(cx: &mut Ctx<'_>, services: &BTreeMap<String, S<RawService>>) {
         .iter()
         .map(|(k, v)| (k.as_str(), v.get_ref().depends_on.iter().collect()))
         .collect();
-    // Colour-marking DFS; report each cycle once, at the edge that closes it.
+    // Colour-marking DFS, iterative (a 20,000-deep chain must not overflow the stack);
+    // report each cycle once, at the edge that closes it.
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         Visiting,
         Done,
     }
-    fn visit<'a>(
-        n: &'a str,
-        deps: &BTreeMap<&'a str, Vec<&'a S<String>>>,
-        marks: &mut BTreeMap<&'a str, Mark>,
-        stack: &mut Vec<&'a str>,
-        found: &mut Vec<(Range<usize>, String)>,
-    ) {
-        marks.insert(n, Mark::Visiting);
-        stack.push(n);
-        for d in deps.get(n).into_iter().flatten() {
+    let mut marks: BTreeMap<&str, Mark> = BTreeMap::new();
+    let mut found: Vec<(Range<usize>, String)> = Vec::new();
+    for root in deps.keys() {
+        if marks.contains_key(root) {
+            continue;
+        }
+        // (service, index of its next dependency to look at)
+        let mut stack: Vec<(&str, usize)> = vec![(root, 0)];
+        marks.insert(root, Mark::Visiting);
+        while let Some(&mut (n, ref mut next)) = stack.last_mut() {
+            let list = deps.get(n).map(Vec::as_slice).unwrap_or_default();
+            let Some(d) = list.get(*next) else {
+                marks.insert(n, Mark::Done);
+                stack.pop();
+                continue;
+            };
+            *next += 1;
             let dn = d.get_ref().as_str();
             if !deps.contains_key(dn) || dn == n {
                 continue; // reported as unknown / self dependency
             }
             match marks.get(dn) {
                 Some(Mark::Visiting) => {
-                    let start = stack.iter().position(|s| *s == dn).unwrap_or(0);
-                    let mut cycle: Vec<&str> = stack[start..].to_vec();
+                    let start = stack.iter().position(|(s, _)| *s == dn).unwrap_or(0);
+                    let mut cycle: Vec<&str> = stack[start..].iter().map(|(s, _)| *s).collect();
                     cycle.push(dn);
                     found.push((d.span(), cycle.join(" -> ")));
                 }
                 Some(Mark::Done) => {}
-                None => visit(dn, deps, marks, stack, found),
+                None => {
+                    marks.insert(dn, Mark::Visiting);
+                    stack.push((dn, 0));
+                }
             }
-        }
-        stack.pop();
-        marks.insert(n, Mark::Done);
-    }
-    let mut marks = BTreeMap::new();
-    let mut found = Vec::new();
-    for n in deps.keys() {
-        if !marks.contains_key(n) {
-            visit(n, &deps, &mut marks, &mut Vec::new(), &mut found);
         }
     }
     for (span, cycle) in found {

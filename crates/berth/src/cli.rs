@@ -63,6 +63,9 @@ pub enum Command {
         /// Write here instead of to standard output
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Overwrite --output if it exists
+        #[arg(long)]
+        force: bool,
     },
     /// Print shell completions: berth completions bash > /etc/bash_completion.d/berth
     Completions { shell: clap_complete::Shell },

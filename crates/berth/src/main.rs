@@ -47,8 +47,9 @@ fn main() -> ExitCode {
             config,
             format,
             output,
+            force,
         } => match load_or_exit(&config.config) {
-            Ok(cfg) => exit(cmd::compose::export(&cfg, format, output.as_deref())),
+            Ok(cfg) => exit(cmd::compose::export(&cfg, format, output.as_deref(), force)),
             Err(code) => code,
         },
         Command::Completions { shell } => {

@@ -714,3 +714,50 @@ fn risky_binds_and_public_ports_are_warned_about() {
     let ok = parse_ok(&GOOD.replace("state_dir = \"state\"", "state_dir = \"/var/lib/berth\""));
     assert!(ok.warnings.is_empty(), "{:?}", ok.warnings);
 }
+
+/// Issue 16, item 4: hostile configs: a 20,000-deep `depends_on` chain does not overflow
+/// the stack (the cycle check is iterative), more than 1000 services are refused, and a
+/// reverse chain of the most allowed is planned in linear rounds (it took minutes).
+#[test]
+fn hostile_configs_neither_crash_nor_hang() {
+    let chain = |n: usize| {
+        let mut src = String::from("[supervisor]\nproject = \"p\"\n");
+        // s0 depends on s1, s1 on s2, ...: the reverse of name order (zero-padded).
+        for i in 0..n {
+            src.push_str(&format!("[services.s{i:05}]\nimage = \"a\"\n"));
+            if i + 1 < n {
+                src.push_str(&format!("depends_on = [\"s{:05}\"]\n", i + 1));
+            }
+        }
+        src
+    };
+    let deep = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || errors(&chain(20_000)))
+        .expect("thread")
+        .join()
+        .expect("no stack overflow");
+    assert!(
+        deep.iter().any(|e| e.contains("at most 1000")),
+        "{:?}",
+        &deep[..1]
+    );
+    let mut cyclic = chain(3000);
+    cyclic.push_str("depends_on = [\"s00000\"]\n");
+    let errs = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || errors(&cyclic))
+        .expect("thread")
+        .join()
+        .expect("no stack overflow");
+    assert!(
+        errs.iter().any(|e| e.contains("dependency cycle")),
+        "{:?}",
+        &errs[..2]
+    );
+    let c = parse_ok(&chain(1000));
+    let order = c.start_order();
+    assert_eq!(order.len(), 1000);
+    assert_eq!(order.first().map(String::as_str), Some("s00999"));
+    assert_eq!(order.last().map(String::as_str), Some("s00000"));
+}

@@ -8,12 +8,17 @@ use berth_config::Config;
 use crate::cli::ExportFormat;
 use crate::cmd::write_out;
 
-pub fn export(cfg: &Config, format: ExportFormat, output: Option<&Path>) -> anyhow::Result<()> {
+pub fn export(
+    cfg: &Config,
+    format: ExportFormat,
+    output: Option<&Path>,
+    force: bool,
+) -> anyhow::Result<()> {
     let text = match format {
         ExportFormat::Compose => berth_compose::export::compose(cfg),
         ExportFormat::Kubernetes => berth_compose::export::kubernetes(cfg),
     };
-    write_out(output, &text, true)
+    write_out(output, &text, force)
 }
 
 pub fn import_compose(

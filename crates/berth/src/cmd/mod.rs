@@ -113,7 +113,8 @@ pub fn confirm(what: &str, question: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Standard output, or a file (not over an existing one unless `force`).
+/// Standard output, or a file (not over an existing one unless `force`), written whole
+/// or not at all, mode 0600: a config or manifest may name secrets.
 pub fn write_out(path: Option<&Path>, text: &str, force: bool) -> anyhow::Result<()> {
     match path {
         None => {
@@ -123,6 +124,6 @@ pub fn write_out(path: Option<&Path>, text: &str, force: bool) -> anyhow::Result
         Some(p) if p.exists() && !force => {
             anyhow::bail!("{} exists: pass --force to overwrite it", p.display())
         }
-        Some(p) => std::fs::write(p, text).with_context(|| format!("writing {}", p.display())),
+        Some(p) => crate::io::statefile::write_atomic(p, text.as_bytes()),
     }
 }

@@ -234,7 +234,17 @@ impl Reconciler {
             let actions = per_service.remove(&name).unwrap_or_default();
             let id = existing.get(&name).cloned();
             let done_tx = done_tx.clone();
+            // A held service is its holder's: not even its status is this pass's to
+            // write (it read a container mid-switch as exited, and a deploy's rollback
+            // then saw "container exited while starting").
+            let mine = !held.contains(&name);
             async move {
+                if !mine {
+                    done_tx.send_modify(|d| {
+                        d.insert(name.clone());
+                    });
+                    return Ok(());
+                }
                 let r = self.bring_up(pass, &name, actions, id).await;
                 done_tx.send_modify(|d| {
                     d.insert(name.clone());

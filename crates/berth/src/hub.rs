@@ -27,6 +27,9 @@ pub struct Hub {
     config: watch::Sender<Arc<Config>>,
     snap: watch::Sender<Snapshot>,
     holds: Mutex<BTreeMap<String, usize>>,
+    /// Holds that still let a convergence pass observe and probe the service (a frozen
+    /// deploy state): nothing is changed, but its status stays true.
+    watched: Mutex<BTreeMap<String, usize>>,
     /// Containers berth itself is stopping or removing: their `die` is not a crash.
     expected_stops: Mutex<HashMap<String, Instant>>,
     reconcile: Notify,
@@ -63,6 +66,7 @@ impl Hub {
             config: watch::channel(Arc::new(cfg)).0,
             snap: watch::channel(snap).0,
             holds: Mutex::new(BTreeMap::new()),
+            watched: Mutex::new(BTreeMap::new()),
             expected_stops: Mutex::new(HashMap::new()),
             reconcile: Notify::new(),
             beats: Mutex::new(BTreeMap::new()),
@@ -204,23 +208,50 @@ impl Hub {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
+        self.hold_in(services, false)
+    }
+
+    /// Like [`Hub::hold`], but convergence passes still observe the services and probe
+    /// them to a true status (they change nothing).
+    pub fn hold_watched<I, S>(self: &Arc<Self>, services: I) -> Hold
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.hold_in(services, true)
+    }
+
+    fn hold_in<I, S>(self: &Arc<Self>, services: I, watched: bool) -> Hold
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
         let services: Vec<String> = services.into_iter().map(Into::into).collect();
-        let mut h = lock(&self.holds);
+        let mut h = lock(if watched { &self.watched } else { &self.holds });
         for s in &services {
             *h.entry(s.clone()).or_default() += 1;
         }
         Hold {
             hub: self.clone(),
             services,
+            watched,
         }
     }
 
     pub fn held(&self) -> Held {
+        let mut all: Held = lock(&self.holds).keys().cloned().collect();
+        all.extend(lock(&self.watched).keys().cloned());
+        all
+    }
+
+    /// Services held by an operation under way (not only watched): their status is the
+    /// operation's to write.
+    pub fn operated(&self) -> Held {
         lock(&self.holds).keys().cloned().collect()
     }
 
     pub fn is_held(&self, service: &str) -> bool {
-        lock(&self.holds).contains_key(service)
+        lock(&self.holds).contains_key(service) || lock(&self.watched).contains_key(service)
     }
 
     /// A core loop shows progress; it must do so again within `budget`.
@@ -279,12 +310,17 @@ fn scrub_snapshot(s: &mut Snapshot) {
 pub struct Hold {
     hub: Arc<Hub>,
     services: Vec<String>,
+    watched: bool,
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
         {
-            let mut h = lock(&self.hub.holds);
+            let mut h = lock(if self.watched {
+                &self.hub.watched
+            } else {
+                &self.hub.holds
+            });
             for s in &self.services {
                 if let Some(n) = h.get_mut(s) {
                     *n -= 1;

@@ -105,7 +105,7 @@ impl Deployer {
             Err(why) => {
                 error!(error = %why, "berth's deploy state is damaged: changing no container until it is fixed or removed (then systemctl reload berth)");
                 hub.update(|s| s.state_error = Some(why.clone()));
-                let hold = hub.hold(file.services.keys().cloned());
+                let hold = hub.hold_watched(file.services.keys().cloned());
                 (DeployState::default(), Some(Frozen { why, _hold: hold }))
             }
         };

@@ -144,6 +144,7 @@ impl Reconciler {
             }
         });
         let actions = berth_core::plan(&cfg, &observed, &held, &hub.rejected());
+        let operated = hub.operated();
         let pass_started = mono_now();
         for a in &actions {
             info!(action = %a, service = a.service().unwrap_or(""), "plan");
@@ -237,7 +238,7 @@ impl Reconciler {
             // A held service is its holder's: not even its status is this pass's to
             // write (it read a container mid-switch as exited, and a deploy's rollback
             // then saw "container exited while starting").
-            let mine = !held.contains(&name);
+            let mine = !operated.contains(&name);
             async move {
                 if !mine {
                     done_tx.send_modify(|d| {

@@ -848,8 +848,9 @@ impl Stack {
         .count()
     }
 
-    /// Sends `/start` from chat `chat` and waits until the bot has answered it.
-    pub fn wait_answered(&self, chat: i64, within: Duration) {
+    /// Sends `/start` from chat `chat`, waits until the bot has answered it, and returns
+    /// the answer's text.
+    pub fn wait_answered(&self, chat: i64, within: Duration) -> String {
         let http = http_client();
         http.post(self.telegram("/_control/updates"))
             .json(&serde_json::json!({"chat_id": chat, "text": "/start"}))
@@ -865,8 +866,8 @@ impl Stack {
             v["messages"]
                 .as_array()?
                 .iter()
-                .any(|m| m["chat_id"] == chat)
-                .then_some(())
-        });
+                .find(|m| m["chat_id"] == chat)
+                .map(|m| m["text"].as_str().unwrap_or_default().to_string())
+        })
     }
 }

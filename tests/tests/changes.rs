@@ -154,7 +154,7 @@ fn rotate_secret_changes_the_database_password_everywhere() {
     }
     assert_eq!(stack.psql("SELECT count(*) FROM marks"), "3");
     // The bot answers: it reaches PostgreSQL with the new password.
-    stack.wait_answered(42, Duration::from_secs(30));
+    let _ = stack.wait_answered(42, Duration::from_secs(30));
     assert_eq!(stack.conflicts(), 0);
 }
 

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use berth_tests::*;
-use serde_json::{Value, json};
 
 const UP: Duration = Duration::from_secs(120);
 
@@ -48,25 +47,9 @@ fn deploy_then_broken_deploy_rolls_back_then_rollback_and_adoption() {
         "a deploy is not a crash"
     );
     assert_eq!(stack.running("bot"), 1);
-    // The bot answers after the switch.
-    let http = http_client();
-    http.post(stack.telegram("/_control/updates"))
-        .json(&json!({"chat_id": 7, "text": "/start"}))
-        .send()
-        .expect("update");
-    wait_for("bot:2 answers", Duration::from_secs(20), || {
-        let v: Value = http
-            .get(stack.telegram("/_control/sent"))
-            .send()
-            .ok()?
-            .json()
-            .ok()?;
-        v["messages"]
-            .as_array()?
-            .iter()
-            .any(|m| m["text"].as_str().is_some_and(|t| t.contains("v2")))
-            .then_some(())
-    });
+    // bot:2 answers after the switch.
+    let reply = stack.wait_answered(7, Duration::from_secs(20));
+    assert!(reply.contains("v2"), "{reply}");
 
     // bot:broken never passes its probe: rolled back to bot:2.
     let out = stack.berth(&["deploy", "bot", "berth-demo/bot:broken", "--no-backup"]);

@@ -442,7 +442,7 @@ async fn drop_database(
     psql(engine, cid, b, "postgres", &sql).await
 }
 
-fn quote_ident(s: &str) -> String {
+pub(crate) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
@@ -610,7 +610,8 @@ async fn rename_database(
         .with_context(|| format!("renaming database {from} to {to}"))
 }
 
-fn quote_literal(s: &str) -> String {
+/// An SQL string literal.
+pub(crate) fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 

@@ -11,6 +11,8 @@ use berth_engine::{Engine, Output};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
+use super::backup::{quote_ident, quote_literal};
+
 /// A place that keeps its own copy of a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Place {
@@ -78,14 +80,6 @@ pub fn places(cfg: &Config, var: &str) -> anyhow::Result<Vec<Place>> {
 /// A redis-cli argument in double quotes (its own escaping).
 fn redis_quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// Runs `cmd` in `container` with `input` on its standard input (where secrets go: never

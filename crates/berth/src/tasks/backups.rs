@@ -89,8 +89,9 @@ impl Backups {
     }
 
     /// Re-reads the backup folder into the snapshot; `error` is the last attempt's.
-    pub async fn refresh(&self, cfg: &Config, error: Option<String>) {
-        let Some(b) = &cfg.backup else { return };
+    /// Returns when the newest backup (verified or not) was taken.
+    pub async fn refresh(&self, cfg: &Config, error: Option<String>) -> Option<SystemTime> {
+        let Some(b) = &cfg.backup else { return None };
         let dir = b.dir.clone();
         // Listing reads and parses every metadata file: off the async workers.
         let all = off_runtime(move || backup::list(&dir))
@@ -108,6 +109,7 @@ impl Backups {
         if ok {
             self.offsite_wake.notify_one();
         }
+        all.last().and_then(|m| m.created())
     }
 
     /// Takes a backup of the data a restore is about to replace, so the restore can be
@@ -220,12 +222,7 @@ impl Backups {
                     let _one = self.lock.lock().await;
                     self.sweep(&cfg).await;
                 }
-                self.refresh(&cfg, None).await;
-                let last = self.hub.read(|s| s.backup.last_ok_at);
-                let newest = match &cfg.backup {
-                    Some(b) => newest_backup(&b.dir).await.or(last),
-                    None => last,
-                };
+                let newest = self.refresh(&cfg, None).await;
                 if schedule::missed(&cron, newest, &Local::now()) {
                     info!("a scheduled backup was missed while berth was down: taking it now");
                     let _ = self.backup_now().await;
@@ -246,14 +243,4 @@ impl Backups {
             }
         }
     }
-}
-
-/// When the newest backup in `dir` (verified or not) was taken.
-async fn newest_backup(dir: &std::path::Path) -> Option<SystemTime> {
-    let dir = dir.to_path_buf();
-    off_runtime(move || backup::list(&dir))
-        .await
-        .ok()?
-        .last()
-        .and_then(|m| m.created())
 }

@@ -9,6 +9,8 @@ use berth_tests::*;
 
 const UP: Duration = Duration::from_secs(120);
 const SYSTEMD_IMAGE: &str = "berth-test/systemd:bookworm";
+/// A bot token of the real shape (id, ':', 35 URL-safe base64 characters).
+const TOKEN: &str = "123456:AAH-droplet_test_token_0123456789ab";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -200,13 +202,81 @@ fn setup_droplet_and_the_unit_under_a_real_systemd() {
     ])
     .expect("docker run systemd");
     wait_for("systemd running", Duration::from_secs(60), || {
-        let s = droplet.exec(&["systemctl", "is-system-running"]);
-        let s = match s {
-            Ok(s) => s,
-            Err(e) => e.to_string(),
-        };
-        (s.contains("running") || s.contains("degraded")).then_some(())
+        // Its answer on stdout (it exits non-zero while starting or degraded); an error
+        // (no bus yet) is not an answer.
+        let s = droplet
+            .sh("systemctl is-system-running || true")
+            .unwrap_or_default();
+        (s == "running" || s == "degraded").then_some(())
     });
+
+    // The owner's sshd listens on 2222, not 22: the firewall must let that in.
+    droplet
+        .sh("mkdir -p /etc/ssh/sshd_config.d && echo 'Port 2222' > /etc/ssh/sshd_config.d/port.conf && systemctl restart ssh")
+        .expect("sshd on 2222");
+
+    // Issue 16, item 2: tokens that broke the old sed, or are no token at all, are refused
+    // before anything on the machine changes, and the token is never printed.
+    let setup_with = |token_file: &str| {
+        droplet.exec(&[
+            "/src/deployment/scripts/setup-droplet.sh",
+            "--binary",
+            "/tmp/berth",
+            "--config",
+            "/tmp/berth.toml",
+            "--token-file",
+            token_file,
+        ])
+    };
+    let hostile = [
+        "123456:AAH\\droplet_test_token_0123456789a",
+        "123456:AAH|droplet_test_token_0123456789ab",
+        "123456:AAH&droplet_test_token_0123456789ab",
+        "123456:AAH droplet_test_token_0123456789ab",
+        "123456:AAH'droplet_test_token_0123456789ab",
+        "AAH-droplet_test_token_0123456789ab",
+        "123456:short",
+        "",
+    ];
+    for token in hostile {
+        droplet
+            .exec(&[
+                "sh",
+                "-c",
+                "printf '%s\\n' \"$1\" > /tmp/token",
+                "sh",
+                token,
+            ])
+            .expect("token file");
+        let err = setup_with("/tmp/token").expect_err(&format!("token {token:?} refused"));
+        let err = err.to_string();
+        assert!(err.contains("bot token"), "{token:?}: {err}");
+        if token.len() > 8 {
+            assert!(!err.contains(token), "the token is printed: {err}");
+        }
+        assert!(
+            droplet.exec(&["test", "-e", "/etc/berth"]).is_err(),
+            "{token:?} changed /etc"
+        );
+    }
+    let err = droplet
+        .exec(&[
+            "/src/deployment/scripts/setup-droplet.sh",
+            "--token",
+            "123456:x",
+        ])
+        .expect_err("--token refused");
+    assert!(err.to_string().contains("--token-file"), "{err}");
+    let firewall = droplet.exec(&["ufw", "status"]).expect("ufw");
+    assert!(
+        firewall.contains("inactive"),
+        "refused runs left the firewall alone: {firewall}"
+    );
+    // What an interrupted earlier run could leave: an empty env file. It is filled in,
+    // not kept as "secrets kept".
+    droplet
+        .sh("install -d -m 0700 /etc/berth && install -m 0600 /dev/null /etc/berth/berth.env")
+        .expect("empty env file");
 
     // berth runs on the droplet's host, which reaches every Docker network; this droplet
     // is a container, so it joins the stack's network as soon as berth creates it.
@@ -222,15 +292,10 @@ fn setup_droplet_and_the_unit_under_a_real_systemd() {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        droplet.exec(&[
-            "/src/deployment/scripts/setup-droplet.sh",
-            "--binary",
-            "/tmp/berth",
-            "--config",
-            "/tmp/berth.toml",
-            "--token",
-            "123456:droplet-test-token",
-        ])
+        // The token on standard input, as `--token-file -`.
+        droplet.sh(&format!(
+            "echo {TOKEN} | /src/deployment/scripts/setup-droplet.sh --binary /tmp/berth --config /tmp/berth.toml --token-file -"
+        ))
     });
     let setup = setup.expect("setup-droplet.sh");
     eprintln!("{setup}");
@@ -246,12 +311,23 @@ fn setup_droplet_and_the_unit_under_a_real_systemd() {
         "700\n600"
     );
     let env = droplet.exec(&["cat", "/etc/berth/berth.env"]).expect("env");
-    assert!(env.contains("TELEGRAM_BOT_TOKEN=123456:droplet-test-token"));
-    let pg = env
-        .lines()
-        .find_map(|l| l.strip_prefix("POSTGRES_PASSWORD="))
-        .expect("generated password");
+    assert!(!setup.contains(TOKEN), "the token is printed: {setup}");
+    let value = |key: &str| {
+        let values: Vec<&str> = env
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+            .collect();
+        assert_eq!(values.len(), 1, "one {key} line: {values:?}");
+        values[0]
+    };
+    assert_eq!(value("TELEGRAM_BOT_TOKEN"), TOKEN);
+    let pg = value("POSTGRES_PASSWORD");
     assert_eq!(pg.len(), 64, "32 random bytes, hex");
+    let redis_pw = value("REDIS_PASSWORD");
+    assert!(
+        redis_pw.len() == 64 && redis_pw != pg,
+        "its own 32 random bytes"
+    );
     let firewall = droplet.exec(&["ufw", "status", "verbose"]).expect("ufw");
     assert!(
         firewall.contains("Status: active") && firewall.contains("deny (incoming)"),
@@ -262,11 +338,8 @@ fn setup_droplet_and_the_unit_under_a_real_systemd() {
         .filter(|l| l.contains("ALLOW IN"))
         .collect();
     assert!(
-        !allowed.is_empty()
-            && allowed
-                .iter()
-                .all(|l| l.contains("22/tcp") || l.contains("OpenSSH")),
-        "only SSH comes in: {firewall}"
+        !allowed.is_empty() && allowed.iter().all(|l| l.starts_with("2222/tcp")),
+        "only SSH, on sshd's own port, comes in: {firewall}"
     );
 
     // The unit: active after READY, with a status line and the watchdog on.
@@ -336,4 +409,110 @@ fn setup_droplet_and_the_unit_under_a_real_systemd() {
     droplet.exec(&["systemctl", "stop", "berth"]).expect("stop");
     assert_eq!(show("ActiveState"), "inactive");
     assert_eq!(show("Result"), "success");
+}
+
+/// Issue 16, item 6: the shipped Redis (config/berth.toml's `[services.redis]` with the
+/// shipped redis.conf, only the image swapped for the test one) refuses clients without
+/// the password, never shows it on a command line, and berth's probe, the bot and the
+/// backup's RDB copy all get in with it.
+#[test]
+fn the_shipped_redis_wants_its_password_and_never_shows_it() {
+    let stack = Stack::new("redisauth");
+    let password = random_hex(16);
+    let env = stack.dir.path().join("berth.env");
+    let mut vars = std::fs::read_to_string(&env).expect("env file");
+    vars.push_str(&format!("REDIS_PASSWORD={password}\n"));
+    std::fs::write(&env, vars).expect("env file");
+
+    let shipped = std::fs::read_to_string(repo().join("config/berth.toml")).expect("berth.toml");
+    let start = shipped.find("[services.redis]").expect("a redis service");
+    let len = shipped[start..].find("\n\n").expect("end of the section");
+    let redis = shipped[start..start + len]
+        .replace("image = \"redis:7\"", "image = \"berth-demo/redis:7\"")
+        .replace(
+            "/etc/berth/redis.conf",
+            &repo()
+                .join("deployment/redis/redis.conf")
+                .display()
+                .to_string(),
+        );
+    assert!(redis.contains("berth-demo/redis:7"), "{redis}");
+    let shipped_url = shipped
+        .split("REDIS_URL = \"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the bot's REDIS_URL");
+    let demo = stack.demo_config("berth-demo/bot:1");
+    let demo_redis = "[services.redis]\nimage = \"berth-demo/redis:7\"\nvolumes = [\"redisdata:/data\"]\nprobe = { redis = {}, interval = \"2s\" }";
+    assert!(demo.contains(demo_redis));
+    let config = format!(
+        "{}\n[backup]\nservice = \"postgres\"\nschedule = \"03:30\"\ndir = \"backups\"\nredis = true\n",
+        demo.replace(demo_redis, &redis)
+            .replace("redis://redis:6379/0", shipped_url)
+    );
+    stack.write_config(&config);
+    let mut d = stack.start();
+    let health = d.wait_healthy(UP);
+    assert_eq!(health["services"]["redis"]["health"], "healthy", "{health}");
+    assert_eq!(health["services"]["bot"]["health"], "healthy", "{health}");
+
+    let redis = stack.container_name("redis");
+    // Without the password: refused, from inside and from another container on the network.
+    let anon = docker(&["exec", &redis, "redis-cli", "PING"]).expect("redis-cli");
+    assert!(anon.contains("NOAUTH"), "{anon}");
+    let peer = docker(&[
+        "run",
+        "--rm",
+        "--label",
+        "berth.test=redisauth",
+        "--network",
+        &stack.project,
+        "--entrypoint",
+        "redis-cli",
+        "berth-demo/redis:7",
+        "-h",
+        "redis",
+        "SET",
+        "stolen",
+        "1",
+    ])
+    .expect("a peer on the network");
+    assert!(peer.contains("NOAUTH"), "{peer}");
+    // With it: in.
+    let authed = docker(&[
+        "exec",
+        "-e",
+        &format!("REDISCLI_AUTH={password}"),
+        &redis,
+        "redis-cli",
+        "PING",
+    ])
+    .expect("redis-cli");
+    assert_eq!(authed, "PONG");
+    // Not on any command line of the container, nor in the running server's argv.
+    let top = docker(&["top", &redis, "-eo", "pid,user,args"]).expect("docker top");
+    assert!(
+        !top.contains(&password),
+        "the password is on a command line: {top}"
+    );
+    assert!(top.contains("redis-server"), "{top}");
+    assert!(
+        !top.lines().any(|l| l.contains(" root ")),
+        "nothing runs as root: {top}"
+    );
+    let args = inspect(&redis)["Args"].to_string();
+    assert!(!args.contains(&password), "{args}");
+
+    // The backup copies Redis's RDB through the password too.
+    let out = stack.berth(&["backup"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let rdb = stack.dir.path().join(format!("backups/{id}.rdb"));
+    let bytes = std::fs::read(&rdb).expect("the RDB copy");
+    assert!(bytes.starts_with(b"REDIS"), "an RDB file");
+    assert!(!d.logs().contains(&password), "no password in berth's log");
 }

@@ -113,7 +113,7 @@ pub async fn take(engine: &dyn Engine, cfg: &Config, retention: Retention) -> an
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let (sha256, size) = stream_to_file(engine, &cid, &cmd, dir, &file).await?;
+    let (sha256, size) = stream_to_file(engine, &cid, &cmd, None, dir, &file).await?;
     let path = dir.join(&file);
     // Until its metadata is written no listing sees the dump (or the Redis copy): any
     // error on the way removes them, so no backup is half there.
@@ -194,10 +194,13 @@ pub async fn take(engine: &dyn Engine, cfg: &Config, retention: Retention) -> an
 /// Streams an exec's stdout into `dir/file` atomically (temp file, fsync, rename, fsync
 /// of the folder); returns its SHA-256 and size. The exec must exit 0 and write something,
 /// or no file is kept. Memory stays flat: chunks go straight to disk.
+/// Runs `cmd` in `cid` (with `input` on its standard input, where secrets go) and streams
+/// its output to `dir/file` through a temporary file.
 async fn stream_to_file(
     engine: &dyn Engine,
     cid: &str,
     cmd: &[String],
+    input: Option<&str>,
     dir: &Path,
     file: &str,
 ) -> anyhow::Result<(String, u64)> {
@@ -212,7 +215,12 @@ async fn stream_to_file(
         .open(&tmp.path)
         .await
         .map_err(|e| io_error(e, "creating", &tmp.path))?;
-    let mut ex = engine.exec_stream(cid, cmd, false).await?;
+    let mut ex = engine.exec_stream(cid, cmd, input.is_some()).await?;
+    if let Some(input) = input {
+        let mut stdin = ex.input.take().context("the engine gave no stdin")?;
+        stdin.write_all(input.as_bytes()).await?;
+        stdin.shutdown().await?;
+    }
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut stderr = Vec::new();
@@ -271,10 +279,25 @@ async fn copy_rdb(
     if !d.running {
         bail!("the {service} container is not running");
     }
-    let script = "redis-cli SAVE >/dev/null && cat \"$(redis-cli CONFIG GET dir | tail -n 1)/$(redis-cli CONFIG GET dbfilename | tail -n 1)\"";
+    // The password (the probe's) comes on stdin and reaches redis-cli as REDISCLI_AUTH:
+    // never on a command line.
+    let password = match cfg.services.get(service).and_then(|s| s.probe.as_ref()) {
+        Some(berth_config::Probe {
+            kind:
+                berth_config::ProbeKind::Redis {
+                    password: Some(p), ..
+                },
+            ..
+        }) => p.value.clone(),
+        _ => String::new(),
+    };
+    let script = "IFS= read -r REDISCLI_AUTH || true; export REDISCLI_AUTH; [ -n \"$REDISCLI_AUTH\" ] || unset REDISCLI_AUTH; \
+        r=$(redis-cli SAVE) && [ \"$r\" = OK ] || { echo \"redis-cli SAVE: $r\" >&2; exit 1; }; \
+        cat \"$(redis-cli CONFIG GET dir | tail -n 1)/$(redis-cli CONFIG GET dbfilename | tail -n 1)\"";
     let cmd: Vec<String> = ["sh", "-c", script].iter().map(|s| s.to_string()).collect();
     let file = format!("{id}.rdb");
-    let (sum, _) = stream_to_file(engine, &d.id, &cmd, dir, &file).await?;
+    let input = format!("{password}\n");
+    let (sum, _) = stream_to_file(engine, &d.id, &cmd, Some(&input), dir, &file).await?;
     Ok((file, sum))
 }
 

@@ -34,7 +34,8 @@ impl std::fmt::Display for Place {
 }
 
 /// The places that keep `${var}`: a PostgreSQL service's `POSTGRES_PASSWORD`, a Redis
-/// service's password (its probe's, given to `redis-server` as `--requirepass`).
+/// service's password (its probe's, handed to `redis-server` through the service's
+/// command or env).
 pub fn places(cfg: &Config, var: &str) -> anyhow::Result<Vec<Place>> {
     let reference = format!("${{{var}}}");
     let mut out = Vec::new();
@@ -58,15 +59,17 @@ pub fn places(cfg: &Config, var: &str) -> anyhow::Result<Vec<Place>> {
         }) = svc.probe.as_ref().map(|p| &p.kind)
             && p.template == reference
         {
-            // Set at run time, it must also come from the command line (a password in
-            // redis.conf would win again at the next start).
-            let on_command_line = svc
+            // Set at run time, it must also reach the container from the config (its
+            // command line or its environment), or a password kept elsewhere (redis.conf)
+            // would win again at the next start.
+            let in_command = svc
                 .command
                 .as_ref()
                 .is_some_and(|c| c.iter().any(|w| w.template.contains(&reference)));
-            if !on_command_line {
+            let in_env = svc.env.values().any(|v| v.template.contains(&reference));
+            if !in_command && !in_env {
                 bail!(
-                    "{var} is {name}'s Redis password but not on its command line (`--requirepass ${{{var}}}`): berth cannot tell where else it is kept; change it there and in the env file together, then reload"
+                    "{var} is {name}'s Redis password but reaches it neither through its command nor its env: berth cannot tell where else it is kept; change it there and in the env file together, then reload"
                 );
             }
             out.push(Place::Redis {
@@ -183,5 +186,56 @@ pub async fn apply(
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Config {
+        let vars = |k: &str| Some(format!("{}-value", k.to_lowercase()));
+        berth_config::parse_str(std::path::Path::new("/etc/berth/berth.toml"), src, &vars)
+            .expect("valid config")
+    }
+
+    /// The shipped config hands Redis its password through the env (stdin of
+    /// redis-server, never argv), and rotation still finds every place that keeps it.
+    #[test]
+    fn the_shipped_configs_secrets_are_rotatable() {
+        let src = include_str!("../../../../config/berth.toml");
+        let cfg = parse(src);
+        let redis = places(&cfg, "REDIS_PASSWORD").expect("rotatable");
+        assert!(
+            matches!(&redis[..], [Place::Redis { service }] if service == "redis"),
+            "{redis:?}"
+        );
+        let pg = places(&cfg, "POSTGRES_PASSWORD").expect("rotatable");
+        assert!(
+            matches!(&pg[..], [Place::Postgres { service, user }] if service == "postgres" && user == "bot")
+        );
+        // The password is in no command line.
+        for svc in cfg.services.values() {
+            for w in svc.command.iter().flatten() {
+                assert!(!w.value.contains("redis_password-value"), "{}", w.template);
+            }
+        }
+    }
+
+    #[test]
+    fn a_redis_password_kept_out_of_the_config_is_refused() {
+        let src = r#"
+[supervisor]
+project = "p"
+[services.redis]
+image = "redis:7"
+probe = { redis = { password = "${REDIS_PASSWORD}" } }
+"#;
+        let e = places(&parse(src), "REDIS_PASSWORD").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("neither through its command nor its env"),
+            "{e}"
+        );
     }
 }

@@ -119,3 +119,44 @@ fn import_check_export_and_docker_compose_accepts_it() {
         assert!(k8s.contains(kind), "{kind} missing");
     }
 }
+
+/// Issue 17, item 5: services that all read `env_file: .env.production`, and no `.env`:
+/// that file becomes berth's env file, so `berth check` finds every `${VAR}`.
+#[test]
+fn the_services_one_env_file_becomes_berths_when_there_is_no_dot_env() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let compose = dir.path().join("docker-compose.yml");
+    std::fs::write(
+        &compose,
+        "services:\n  db:\n    image: postgres:16\n    env_file: .env.production\n  bot:\n    image: bot:1\n    env_file:\n      - .env.production\n    depends_on: [db]\n",
+    )
+    .expect("compose");
+    let env = dir.path().join(".env.production");
+    std::fs::write(
+        &env,
+        "POSTGRES_PASSWORD=s3cret-value\nTELEGRAM_BOT_TOKEN=123:abc\n",
+    )
+    .expect("env");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let toml = dir.path().join("berth.toml");
+    let out = Command::new(berth_bin())
+        .arg("import-compose")
+        .arg(&compose)
+        .arg("-o")
+        .arg(&toml)
+        .output()
+        .expect("import");
+    let notes = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{notes}");
+    assert!(
+        notes.contains("the services read .env.production"),
+        "{notes}"
+    );
+    assert!(!notes.contains("is not in berth's env file"), "{notes}");
+    let text = std::fs::read_to_string(&toml).expect("toml");
+    assert!(text.contains(".env.production"), "{text}");
+    assert!(!text.contains("s3cret-value"));
+    let check = run(Command::new(berth_bin()).arg("check").arg("-c").arg(&toml));
+    assert!(check.contains("ok (2 services"), "{check}");
+}

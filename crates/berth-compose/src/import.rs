@@ -70,20 +70,49 @@ fn flow_depth(yaml: &str) -> usize {
     max
 }
 
-pub fn import(input: &Input<'_>) -> Result<Imported, ImportError> {
-    if input.yaml.len() > MAX_INPUT {
+/// The compose file as YAML, within the input limits.
+fn parse_doc(yaml: &str) -> Result<Value, ImportError> {
+    if yaml.len() > MAX_INPUT {
         return Err(ImportError::Invalid(format!(
             "{} bytes: larger than any compose file berth reads ({MAX_INPUT})",
-            input.yaml.len()
+            yaml.len()
         )));
     }
-    if flow_depth(input.yaml) > MAX_DEPTH {
+    if flow_depth(yaml) > MAX_DEPTH {
         return Err(ImportError::Invalid(format!(
             "nested deeper than {MAX_DEPTH} levels of [ and {{: not a compose file berth reads"
         )));
     }
-    let mut doc: Value = serde_yaml_ng::from_str(input.yaml)?;
+    let mut doc: Value = serde_yaml_ng::from_str(yaml)?;
     doc.apply_merge()?;
+    Ok(doc)
+}
+
+/// The `env_file`s the services name, each once, in the order they first appear.
+pub fn service_env_files(yaml: &str) -> Result<Vec<String>, ImportError> {
+    let doc = parse_doc(yaml)?;
+    let mut out: Vec<String> = Vec::new();
+    let services = doc.get("services").and_then(Value::as_mapping);
+    for s in services.into_iter().flat_map(|m| m.values()) {
+        let files: Vec<String> = match s.get("env_file") {
+            Some(Value::Sequence(seq)) => seq
+                .iter()
+                .filter_map(|v| scalar(v).or_else(|| str_of(v.get("path"))))
+                .collect(),
+            Some(other) => scalar(other).into_iter().collect(),
+            None => Vec::new(),
+        };
+        for f in files {
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn import(input: &Input<'_>) -> Result<Imported, ImportError> {
+    let doc = parse_doc(input.yaml)?;
     let root = doc
         .as_mapping()
         .ok_or_else(|| ImportError::Invalid("the top level is not a mapping".into()))?;

@@ -7,7 +7,7 @@
 pub mod export;
 pub mod import;
 
-pub use import::{ImportError, Imported, Input, import};
+pub use import::{ImportError, Imported, Input, import, service_env_files};
 
 /// `b` in the largest binary unit that divides it exactly (`512MiB`, `1Gi`...).
 pub(crate) fn binary_size(b: u64, units: [&str; 3], bytes: &str) -> String {

@@ -79,6 +79,9 @@ pub struct ServiceStatus {
     /// Dependencies this service is waiting for, if any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_for: Vec<String>,
+    /// Kept down on purpose by `berth stop` until `berth start` (persisted).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
     #[serde(skip)]
     pub ip: Option<IpAddr>,
 }
@@ -98,6 +101,7 @@ impl ServiceStatus {
             next_restart: None,
             probe: None,
             waiting_for: Vec::new(),
+            held: false,
             ip: None,
         }
     }
@@ -290,6 +294,19 @@ impl Snapshot {
             .collect();
         if !looping.is_empty() {
             return Some(format!("crash loop: {}", looping.join(", ")));
+        }
+        let held: Vec<&str> = self
+            .services
+            .iter()
+            .filter(|(_, s)| s.held)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if !held.is_empty() {
+            return Some(format!(
+                "held down on purpose: {} (berth start {})",
+                held.join(", "),
+                held[0]
+            ));
         }
         if let Some(e) = &self.config.error {
             return Some(format!(
@@ -492,6 +509,18 @@ mod tests {
                 none,
                 Overall::Ok,
                 None,
+            ),
+            (
+                "held down by berth stop: degraded, not down",
+                vec![running(false), {
+                    let mut s = held();
+                    s.held = true;
+                    s
+                }],
+                true,
+                none,
+                Overall::Degraded,
+                Some("held down on purpose: s1 (berth start s1)"),
             ),
             (
                 "crash loop, up for a moment",

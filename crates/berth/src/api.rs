@@ -26,6 +26,19 @@ pub struct RollbackRequest {
     pub restore_db: bool,
 }
 
+/// `POST /stop`, `/start`, `/restart`: one service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceRequest {
+    pub service: String,
+}
+
+/// The answer to `/restart`: the service's status and how long it was down.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Restarted {
+    pub status: berth_core::snapshot::ServiceStatus,
+    pub down_ms: u64,
+}
+
 /// `POST /restore`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RestoreRequest {

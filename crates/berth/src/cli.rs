@@ -141,6 +141,26 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Hold a service down on purpose (kept across berth restarts and reboots) until
+    /// `berth start`; the stack shows degraded, and no alert fires for it
+    Stop {
+        #[command(flatten)]
+        config: ConfigArg,
+        service: String,
+    },
+    /// Release a service held by `berth stop` (or start it) and wait until it is healthy
+    Start {
+        #[command(flatten)]
+        config: ConfigArg,
+        service: String,
+    },
+    /// Restart a service gracefully: stop (its grace period), start, wait until healthy;
+    /// never two of it running at once
+    Restart {
+        #[command(flatten)]
+        config: ConfigArg,
+        service: String,
+    },
     /// A new value for a secret of the env file (a database password: changed in the
     /// database first), then the services that use it recreated, gated
     RotateSecret {

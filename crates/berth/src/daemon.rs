@@ -83,6 +83,8 @@ pub async fn run(file: Config, path: PathBuf) -> anyhow::Result<()> {
         file,
         damaged.map_or(Ok(deploys), Err),
     );
+    // What `berth stop` held stays held: the first convergence must not start it.
+    deployer.restore_held();
     let (restarter, restarter_task) = Restarter::start(hub.clone());
     let reconciler = Reconciler::new(hub.clone(), restarter.clone(), deployer.clone());
 

@@ -30,6 +30,9 @@ pub struct Hub {
     /// Holds that still let a convergence pass observe and probe the service (a frozen
     /// deploy state): nothing is changed, but its status stays true.
     watched: Mutex<BTreeMap<String, usize>>,
+    /// Services `berth stop` keeps down until `berth start` (persisted by the deployer in
+    /// `state_dir`): held like an operation's, without an end.
+    kept_down: Mutex<std::collections::BTreeSet<String>>,
     /// Containers berth itself is stopping or removing: their `die` is not a crash.
     expected_stops: Mutex<HashMap<String, Instant>>,
     reconcile: Notify,
@@ -67,6 +70,7 @@ impl Hub {
             snap: watch::channel(snap).0,
             holds: Mutex::new(BTreeMap::new()),
             watched: Mutex::new(BTreeMap::new()),
+            kept_down: Mutex::new(Default::default()),
             expected_stops: Mutex::new(HashMap::new()),
             reconcile: Notify::new(),
             beats: Mutex::new(BTreeMap::new()),
@@ -239,19 +243,39 @@ impl Hub {
     }
 
     pub fn held(&self) -> Held {
-        let mut all: Held = lock(&self.holds).keys().cloned().collect();
+        let mut all = self.operated();
         all.extend(lock(&self.watched).keys().cloned());
         all
     }
 
-    /// Services held by an operation under way (not only watched): their status is the
-    /// operation's to write.
+    /// Services held by an operation under way or kept down (not only watched): their
+    /// status is the holder's to write.
     pub fn operated(&self) -> Held {
-        lock(&self.holds).keys().cloned().collect()
+        let mut all: Held = lock(&self.holds).keys().cloned().collect();
+        all.extend(lock(&self.kept_down).iter().cloned());
+        all
     }
 
     pub fn is_held(&self, service: &str) -> bool {
-        lock(&self.holds).contains_key(service) || lock(&self.watched).contains_key(service)
+        lock(&self.holds).contains_key(service)
+            || lock(&self.watched).contains_key(service)
+            || lock(&self.kept_down).contains(service)
+    }
+
+    /// Keeps `service` down until [`Hub::release`]: no pass, restart or probe touches it.
+    pub fn keep_down(&self, service: &str) {
+        lock(&self.kept_down).insert(service.to_string());
+    }
+
+    /// Ends [`Hub::keep_down`]; whether it was kept down. Asks for a convergence pass.
+    pub fn release(&self, service: &str) -> bool {
+        let was = lock(&self.kept_down).remove(service);
+        self.request_reconcile();
+        was
+    }
+
+    pub fn kept_down(&self) -> std::collections::BTreeSet<String> {
+        lock(&self.kept_down).clone()
     }
 
     /// A core loop shows progress; it must do so again within `budget`.

@@ -97,6 +97,15 @@ fn main() -> ExitCode {
             };
             cmd::deploy::rollback(cfg, req, yes)
         }),
+        Command::Stop { config, service } => {
+            with_config(&config, |cfg| cmd::deploy::stop(cfg, service))
+        }
+        Command::Start { config, service } => {
+            with_config(&config, |cfg| cmd::deploy::start(cfg, service))
+        }
+        Command::Restart { config, service } => {
+            with_config(&config, |cfg| cmd::deploy::restart(cfg, service))
+        }
         Command::RotateSecret {
             config,
             var,

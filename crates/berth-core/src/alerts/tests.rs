@@ -342,3 +342,19 @@ fn alert_delivery_retries_are_bounded_and_a_4xx_is_final() {
         assert_eq!(redelivery(attempt, status), want, "{attempt} {status:?}");
     }
 }
+
+/// `berth stop bot`: held down on purpose for hours is no incident.
+#[test]
+fn a_service_held_down_on_purpose_raises_no_alert() {
+    let t0 = Instant::now();
+    let ok = snap(&[("bot", healthy())]);
+    let mut held = ServiceStatus::new("bot:1");
+    held.state = State::Stopped;
+    held.health = Health::Unknown;
+    held.held = true;
+    let held = snap(&[("bot", held)]);
+    let mut tr = Tracker::new(rules(), &ok);
+    let steps: Vec<(u64, Snapshot)> = (0..7200).step_by(60).map(|s| (s, held.clone())).collect();
+    let msgs = run(&mut tr, t0, &steps);
+    assert!(msgs.is_empty(), "{msgs:?}");
+}

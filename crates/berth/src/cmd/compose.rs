@@ -34,9 +34,24 @@ pub fn import_compose(
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
+    let mut adopted = None;
     let env_path = match env_file {
         Some(p) => Some(std::path::absolute(p)?),
-        None => Some(dir.join(".env")).filter(|p| p.exists()),
+        None => match Some(dir.join(".env")).filter(|p| p.exists()) {
+            Some(p) => Some(p),
+            // No .env, and every service that reads an env file reads the same one
+            // (`env_file: .env.production`): that file is berth's env file too.
+            None => match berth_compose::service_env_files(&yaml)
+                .with_context(|| format!("{}", file.display()))?
+                .as_slice()
+            {
+                [one] => {
+                    adopted = Some(one.clone());
+                    Some(dir.join(one)).filter(|p| p.exists())
+                }
+                _ => None,
+            },
+        },
     };
     let env = match &env_path {
         Some(p) => {
@@ -60,6 +75,12 @@ pub fn import_compose(
         project: &project,
     })
     .with_context(|| format!("{}", file.display()))?;
+    if let (Some(name), Some(p)) = (&adopted, &env_path) {
+        eprintln!(
+            "note: there is no .env beside the compose file, and the services read {name}: it is berth's env file ([supervisor] env_file = {:?}; copy it to the droplet with mode 0600)",
+            p.display().to_string()
+        );
+    }
     for n in &out.notes {
         eprintln!("note: {n}");
     }

@@ -1,9 +1,12 @@
-//! `berth deploy` and `berth rollback`: both go through the running daemon.
+//! `berth deploy`, `rollback`, `stop`, `start` and `restart`: all go through the running
+//! daemon.
 
 use berth_config::Config;
 use berth_core::deploy::Record;
 
-use crate::api::{DeployRequest, RollbackRequest};
+use berth_core::snapshot::ServiceStatus;
+
+use crate::api::{DeployRequest, Restarted, RollbackRequest, ServiceRequest};
 use crate::serve::admin;
 
 pub async fn deploy(cfg: Config, req: DeployRequest) -> anyhow::Result<()> {
@@ -52,4 +55,40 @@ pub fn interruption(r: &Record) -> String {
     r.interruption_ms
         .map(|ms| format!(", service interrupted {ms} ms"))
         .unwrap_or_default()
+}
+
+/// Asks the daemon to act on one service.
+async fn on_service<T: serde::de::DeserializeOwned>(
+    cfg: &Config,
+    path: &str,
+    service: String,
+) -> anyhow::Result<T> {
+    admin::request(&cfg.supervisor.admin_socket, path, &ServiceRequest { service })
+        .await
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "this goes through the running daemon (it would undo it otherwise): start it (systemctl start berth)"
+            )
+        })?
+}
+
+pub async fn stop(cfg: Config, service: String) -> anyhow::Result<()> {
+    let _: ServiceStatus = on_service(&cfg, "/stop", service.clone()).await?;
+    println!("{service} held down: berth start {service} releases it");
+    Ok(())
+}
+
+pub async fn start(cfg: Config, service: String) -> anyhow::Result<()> {
+    let _: ServiceStatus = on_service(&cfg, "/start", service.clone()).await?;
+    println!("{service} is running and healthy");
+    Ok(())
+}
+
+pub async fn restart(cfg: Config, service: String) -> anyhow::Result<()> {
+    let r: Restarted = on_service(&cfg, "/restart", service.clone()).await?;
+    println!(
+        "{service} restarted: down {} ms, {}",
+        r.down_ms, r.status.health
+    );
+    Ok(())
 }

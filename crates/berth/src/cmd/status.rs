@@ -82,12 +82,23 @@ fn table(doc: &HealthDoc, now: SystemTime) -> String {
             out,
             "{:<12} {:<9} {:<10} {:>8}  {:<14} {}",
             name,
-            s.state.to_string(),
+            if s.held {
+                "held".to_string()
+            } else {
+                s.state.to_string()
+            },
             health,
             s.restarts,
             ago(s.since, now),
             s.image,
         );
+        if s.held {
+            let _ = writeln!(
+                out,
+                "{:<12} held down on purpose by berth stop: berth start {name}",
+                ""
+            );
+        }
         if let Some(err) = s.probe.as_ref().and_then(|p| p.error.as_ref()) {
             let _ = writeln!(out, "{:<12} probe: {err}", "");
         }

@@ -87,6 +87,32 @@ pub fn save_deploys(state_dir: &Path, d: &DeployState) -> anyhow::Result<()> {
     )
 }
 
+fn held_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("held.json")
+}
+
+/// The services `berth stop` keeps down; a missing file is none.
+pub fn load_held(state_dir: &Path) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let path = held_path(state_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+pub fn save_held(
+    state_dir: &Path,
+    held: &std::collections::BTreeSet<String>,
+) -> anyhow::Result<()> {
+    write_atomic(
+        &held_path(state_dir),
+        serde_json::to_string(held)?.as_bytes(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

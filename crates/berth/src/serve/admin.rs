@@ -20,11 +20,13 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::api::{
-    ChannelTest, DeployRequest, Meta, Reply, RestoreRequest, Restored, RollbackRequest,
+    ChannelTest, DeployRequest, Meta, Reply, Restarted, RestoreRequest, Restored, RollbackRequest,
+    ServiceRequest,
 };
 use crate::tasks::backups::Backups;
 use crate::tasks::deployer::{Deployer, Turn};
 use berth_core::deploy::Record;
+use berth_core::snapshot::ServiceStatus;
 
 /// What the admin socket acts on.
 #[derive(Clone)]
@@ -70,6 +72,9 @@ pub async fn serve(listener: tokio::net::UnixListener, admin: Admin) -> anyhow::
         .route("/deploy", post(deploy))
         .route("/rollback", post(rollback))
         .route("/reload", post(reload))
+        .route("/stop", post(stop))
+        .route("/start", post(start))
+        .route("/restart", post(restart))
         .route("/alert-test", post(alert_test))
         .with_state(admin);
     axum::serve(listener, app).await?;
@@ -115,6 +120,22 @@ async fn deploy(State(a): State<Admin>, Json(req): Json<DeployRequest>) -> Answe
 
 async fn rollback(State(a): State<Admin>, Json(req): Json<RollbackRequest>) -> Answer<Record> {
     detached(async move { a.deployer.rollback(&req.service, req.restore_db).await }).await
+}
+
+async fn stop(State(a): State<Admin>, Json(req): Json<ServiceRequest>) -> Answer<ServiceStatus> {
+    detached(async move { a.deployer.stop_service(&req.service).await }).await
+}
+
+async fn start(State(a): State<Admin>, Json(req): Json<ServiceRequest>) -> Answer<ServiceStatus> {
+    detached(async move { a.deployer.start_service(&req.service).await }).await
+}
+
+async fn restart(State(a): State<Admin>, Json(req): Json<ServiceRequest>) -> Answer<Restarted> {
+    detached(async move {
+        let (status, down_ms) = a.deployer.restart_service(&req.service).await?;
+        Ok(Restarted { status, down_ms })
+    })
+    .await
 }
 
 /// `berth alert test`, sent from the daemon's own process.

@@ -29,6 +29,8 @@ use crate::io::{backup, off_runtime, spec, statefile};
 use crate::tasks::backups::Backups;
 use crate::tasks::gate;
 
+mod keep;
+
 /// How long a migration may run.
 const MIGRATION_LIMIT: Duration = Duration::from_secs(600);
 
@@ -954,12 +956,14 @@ impl Deployer {
 
     /// Undoes what a deploy or rollback interrupted by berth's death left behind
     /// ([`berth_core::deploy::recovery_steps`]), then queues the deploys a reload had
-    /// asked for. Runs once, before the first convergence.
+    /// asked for; keeps down what `berth stop` held. Runs once, before the first
+    /// convergence.
     pub async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
         let flight = lock(&self.state).in_flight.clone();
         if let Some(flight) = flight {
             self.undo(flight).await?;
         }
+        self.keep_held_down().await;
         self.queue_pending(Vec::new());
         Ok(())
     }

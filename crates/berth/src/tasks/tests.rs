@@ -1130,3 +1130,89 @@ async fn a_pass_does_not_write_a_held_services_status() {
         berth_core::snapshot::State::Starting
     );
 }
+
+/// Issue 17, item 5: `berth stop` keeps the service down through passes, time and a
+/// restart of berth (even if something started its container meanwhile); `berth start`
+/// brings it back.
+#[tokio::test(start_paused = true)]
+async fn berth_stop_holds_a_service_down_across_a_restart_until_start() {
+    use berth_core::snapshot::{Overall, State};
+    let k = kit(APP);
+    k.reconciler().converge().await.expect("first pass");
+    k.subscribed().await;
+    let st = k.deployer.stop_service("app").await.expect("stopped");
+    assert!(st.held && st.state == State::Stopped, "{st:?}");
+    assert!(!k.running("p-app"));
+    assert!(k.dir.path().join("state/held.json").exists(), "persisted");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    k.reconciler().converge().await.expect("pass");
+    assert!(!k.running("p-app"), "no pass or restart brings it back");
+    let (overall, why) = k.hub.read(|s| {
+        let now = std::time::SystemTime::now();
+        (s.overall(now), s.attention(now))
+    });
+    assert_eq!(overall, Overall::Degraded);
+    assert_eq!(
+        why.as_deref(),
+        Some("held down on purpose: app (berth start app)")
+    );
+
+    // berth restarts (same engine, same state folder); meanwhile something started the
+    // container again.
+    k.fake
+        .start_container("p-app")
+        .await
+        .expect("started behind berth's back");
+    let cfg = k.hub.config().as_ref().clone();
+    let hub = Hub::new(k.fake.clone(), cfg.clone());
+    let backups = Backups::new(hub.clone(), Arc::new(Notify::new()));
+    let deployer = Deployer::new(hub.clone(), backups, cfg, Ok(DeployState::default()));
+    deployer.restore_held();
+    let (restarter, _task) = Restarter::start(hub.clone());
+    let reconciler = Reconciler::new(hub.clone(), restarter, deployer.clone());
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    let run = tokio::spawn(reconciler.run(tx));
+    k.until(Duration::from_secs(10), "kept down again", |k| {
+        !k.running("p-app")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(!k.running("p-app"));
+    assert!(hub.read(|s| s.services["app"].held));
+
+    let st = deployer.start_service("app").await.expect("started");
+    assert!(!st.held && st.is_healthy(), "{st:?}");
+    assert!(k.running("p-app"));
+    assert!(hub.kept_down().is_empty());
+    assert_eq!(
+        crate::io::statefile::load_held(&k.dir.path().join("state"))
+            .expect("held.json")
+            .len(),
+        0
+    );
+    run.abort();
+}
+
+/// `berth restart`: the same container stopped, then started, health-gated: never two.
+#[tokio::test(start_paused = true)]
+async fn berth_restart_stops_then_starts_the_same_container() {
+    let k = kit(BOT);
+    k.reconciler().converge().await.expect("first pass");
+    k.subscribed().await;
+    let before = k.fake.calls().len();
+    let (st, _down) = k.deployer.restart_service("bot").await.expect("restarted");
+    assert!(st.is_healthy(), "{st:?}");
+    let changes: Vec<String> = k
+        .changes()
+        .into_iter()
+        .skip_while(|c| !c.starts_with("stop"))
+        .collect();
+    assert_eq!(changes, ["stop bot:1", "start bot:1"]);
+    assert!(k.fake.calls().len() > before);
+    assert_eq!(k.hub.read(|s| s.services["bot"].restarts), 0, "not a crash");
+    assert!(!k.hub.is_held("bot"));
+    // Held by berth stop: refused.
+    k.deployer.stop_service("bot").await.expect("stopped");
+    let e = k.deployer.restart_service("bot").await.unwrap_err();
+    assert!(e.to_string().contains("berth start bot"), "{e}");
+}

@@ -1,0 +1,207 @@
+//! `berth stop`, `start` and `restart` of one service. A stopped service is kept down
+//! (persisted in `state_dir/held.json` before its container stops, so a crash or a
+//! reboot in between still finds it held) until `start` releases it; `restart` is a
+//! graceful stop then a start of the same container, health-gated: stop-first, so never
+//! two pollers.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use berth_core::snapshot::{Health, ServiceStatus, State};
+use tracing::{info, warn};
+
+use super::{Deployer, service_config};
+use crate::io::statefile;
+use crate::tasks::gate;
+
+/// How long `start` waits for the service to be healthy beyond its start timeout.
+const START_SLACK: Duration = Duration::from_secs(30);
+
+impl Deployer {
+    /// The service's lock, or why another operation has it.
+    fn busy(&self, service: &str) -> anyhow::Result<std::sync::Arc<tokio::sync::Mutex<()>>> {
+        self.frozen()?;
+        service_config(&self.hub.config(), service)?;
+        Ok(self.service_lock(service))
+    }
+
+    fn save_kept(&self) -> anyhow::Result<()> {
+        statefile::save_held(&self.state_dir(), &self.hub.kept_down())
+    }
+
+    fn status(&self, service: &str) -> ServiceStatus {
+        self.hub
+            .read(|s| s.services.get(service).cloned())
+            .unwrap_or_else(|| ServiceStatus::new(""))
+    }
+
+    /// `berth stop SERVICE`: keeps it down (persisted first), then stops its container
+    /// with its grace period.
+    pub async fn stop_service(&self, service: &str) -> anyhow::Result<ServiceStatus> {
+        let lock = self.busy(service)?;
+        let Ok(_one) = lock.try_lock() else {
+            bail!("a deploy or change of {service} is under way: stop it when that is over");
+        };
+        self.hub.keep_down(service);
+        if let Err(e) = self.save_kept() {
+            self.hub.release(service);
+            return Err(e.context(format!("{service} not stopped")));
+        }
+        self.stop_kept(service).await?;
+        info!(service, "held down: berth start {service} releases it");
+        Ok(self.status(service))
+    }
+
+    /// Stops the container of a kept-down service if it runs; its status says held.
+    async fn stop_kept(&self, service: &str) -> anyhow::Result<()> {
+        let hub = &self.hub;
+        let cfg = hub.config();
+        let svc = service_config(&cfg, service)?;
+        let id = match hub
+            .engine
+            .inspect_container(&cfg.container_name(service))
+            .await
+        {
+            Ok(d) => {
+                if d.running {
+                    hub.expect_stop(&d.id);
+                    hub.engine
+                        .stop_container(&d.id, svc.stop_grace_period)
+                        .await
+                        .with_context(|| format!("stopping {service}"))?;
+                }
+                Some(d.id)
+            }
+            // No container: nothing runs, and nothing will be created while held.
+            Err(_) => None,
+        };
+        hub.update_service(service, |s| {
+            s.state = State::Stopped;
+            s.health = Health::Unknown;
+            s.held = true;
+            s.crashloop = false;
+            s.next_restart = None;
+            s.container_id = id.or(s.container_id.take());
+        });
+        Ok(())
+    }
+
+    /// At start-up, before any task runs: the services `berth stop` held (in
+    /// `state_dir/held.json`) are held again.
+    pub fn restore_held(&self) {
+        match statefile::load_held(&self.state_dir()) {
+            Ok(held) => {
+                for service in held {
+                    info!(
+                        service,
+                        "held down by berth stop: berth start {service} releases it"
+                    );
+                    self.hub.keep_down(&service);
+                    self.hub.update_service(&service, |s| {
+                        s.held = true;
+                        s.state = State::Stopped;
+                        s.health = Health::Unknown;
+                    });
+                }
+            }
+            Err(e) => warn!(error = %format!("{e:#}"), "reading the services berth stop held"),
+        }
+    }
+
+    /// At start-up (before the first convergence): the services kept down by an earlier
+    /// berth stay down, their containers stopped if something started them.
+    pub(super) async fn keep_held_down(&self) {
+        for service in self.hub.kept_down() {
+            if !self.hub.config().services.contains_key(&service) {
+                continue;
+            }
+            if let Err(e) = self.stop_kept(&service).await {
+                warn!(service, error = %format!("{e:#}"), "keeping the service down");
+            }
+        }
+    }
+
+    /// `berth start SERVICE`: releases it and waits until it is healthy.
+    pub async fn start_service(&self, service: &str) -> anyhow::Result<ServiceStatus> {
+        let lock = self.busy(service)?;
+        let Ok(one) = lock.try_lock() else {
+            bail!("a deploy or change of {service} is under way");
+        };
+        let was_kept = self.hub.kept_down().contains(service);
+        if was_kept {
+            let mut rest = self.hub.kept_down();
+            rest.remove(service);
+            statefile::save_held(&self.state_dir(), &rest)
+                .with_context(|| format!("{service} still held"))?;
+            self.hub.update_service(service, |s| {
+                s.held = false;
+                s.state = State::Exited;
+                s.health = Health::Unhealthy;
+            });
+            self.hub.release(service);
+            info!(service, "released: starting it");
+        }
+        drop(one);
+        let svc = service_config(&self.hub.config(), service)?;
+        let wait = svc
+            .probe
+            .as_ref()
+            .map_or(Duration::ZERO, |p| p.start_timeout)
+            + START_SLACK;
+        let mut snaps = self.hub.subscribe();
+        let healthy = snaps.wait_for(|s| {
+            s.services
+                .get(service)
+                .is_some_and(|st| st.state == State::Running && st.is_healthy())
+        });
+        match tokio::time::timeout(wait, healthy).await {
+            Ok(Ok(_)) => Ok(self.status(service)),
+            Ok(Err(_)) => bail!("berth is stopping"),
+            Err(_) => bail!(
+                "{service} is not healthy after {}: berth status; berth logs {service} -n 50",
+                humantime::format_duration(wait)
+            ),
+        }
+    }
+
+    /// `berth restart SERVICE`: a graceful stop, then a start of the same container,
+    /// health-gated. Returns the time it was down.
+    pub async fn restart_service(&self, service: &str) -> anyhow::Result<(ServiceStatus, u64)> {
+        let lock = self.busy(service)?;
+        let Ok(_one) = lock.try_lock() else {
+            bail!("a deploy or change of {service} is under way");
+        };
+        if self.hub.kept_down().contains(service) {
+            bail!("{service} is held down by berth stop: berth start {service}");
+        }
+        let hub = &self.hub;
+        let cfg = hub.config();
+        let svc = service_config(&cfg, service)?;
+        let d = hub
+            .engine
+            .inspect_container(&cfg.container_name(service))
+            .await
+            .with_context(|| format!("{service} has no container yet"))?;
+        let timeout = svc
+            .probe
+            .as_ref()
+            .map_or(Duration::ZERO, |p| p.start_timeout);
+        let hold = hub.hold([service]);
+        info!(service, "restarting");
+        let stopped = Instant::now();
+        if d.running {
+            hub.expect_stop(&d.id);
+            hub.engine
+                .stop_container(&d.id, svc.stop_grace_period)
+                .await
+                .with_context(|| format!("stopping {service}"))?;
+        }
+        let r = gate::start_and_wait(hub, &svc, &d.id, timeout).await;
+        let down_ms = stopped.elapsed().as_millis() as u64;
+        // Released either way: a container that did not come back is the restarter's.
+        drop(hold);
+        r.with_context(|| format!("{service} did not come back healthy"))?;
+        info!(service, down_ms, "restarted");
+        Ok((self.status(service), down_ms))
+    }
+}

@@ -347,6 +347,9 @@ pub struct Offsite {
     pub keep: Keep,
     /// `bucket` in the path (MinIO and most S3-compatible stores) rather than the host name.
     pub path_style: bool,
+    /// An age X25519 secret key (`AGE-SECRET-KEY-1…`, from the env file): dumps and Redis
+    /// copies are encrypted to it before they leave the host. Validated (checksum too).
+    pub encryption_key: Option<Value>,
 }
 
 impl Config {

@@ -151,6 +151,7 @@ pub struct RawOffsite {
     pub secret_key: S<String>,
     pub keep: Option<RawKeep>,
     pub path_style: Option<bool>,
+    pub encryption_key: Option<S<String>>,
 }
 
 /// `redis = true` (the service named "redis") or `redis = "SERVICE"`.

@@ -1100,19 +1100,36 @@ fn offsite(cx: &mut Ctx<'_>, raw: &S<RawOffsite>, local: Option<&RawKeep>) -> Of
             "backup.offsite.bucket: a bucket name, without slashes",
         );
     }
-    let mut key = |name: &str, v: &S<String>| {
-        let k = format!("backup.offsite.{name}");
-        let value = cx.value(&k, v);
-        if !value.secret {
+    if let Some(host) = plain_http_beyond_loopback(&endpoint) {
+        cx.warn(
+            &r.endpoint.span(),
+            format!(
+                "backup.offsite.endpoint: plain http:// to {host}: {} cross the network unencrypted; use https://",
+                if r.encryption_key.is_some() {
+                    "the access key id, the signed requests (usable by anyone who sees them, for 10 minutes) and the backups' metadata (the dumps themselves are encrypted)"
+                } else {
+                    "every backup, the access key id and the signed requests (usable by anyone who sees them, for 10 minutes)"
+                }
+            ),
+        );
+    }
+    let access_key = offsite_key(cx, "access_key", &r.access_key);
+    let secret_key = offsite_key(cx, "secret_key", &r.secret_key);
+    let encryption_key = r.encryption_key.as_ref().map(|v| {
+        let value = offsite_key(cx, "encryption_key", v);
+        if value.secret
+            && let Err(why) = check_age_secret_key(&value.value)
+        {
             cx.err(
                 &v.span(),
-                format!("{k}: a key is a secret; put it in the env file and write \"${{VAR}}\""),
+                format!(
+                    "backup.offsite.encryption_key: {} {why}; make a key with `berth offsite keygen` (or age-keygen) and put it in the env file",
+                    value.template
+                ),
             );
         }
         value
-    };
-    let access_key = key("access_key", &r.access_key);
-    let secret_key = key("secret_key", &r.secret_key);
+    });
     let mut prefix = r.prefix.clone().unwrap_or_default();
     if !prefix.is_empty() && !prefix.ends_with('/') {
         prefix.push('/');
@@ -1132,7 +1149,78 @@ fn offsite(cx: &mut Ctx<'_>, raw: &S<RawOffsite>, local: Option<&RawKeep>) -> Of
             monthly: k.and_then(|k| k.monthly).unwrap_or(6),
         },
         path_style: r.path_style.unwrap_or(true),
+        encryption_key,
     }
+}
+
+/// A key of `[backup.offsite]`: a secret, so it must come from the env file.
+fn offsite_key(cx: &mut Ctx<'_>, name: &str, v: &S<String>) -> Value {
+    let k = format!("backup.offsite.{name}");
+    let value = cx.value(&k, v);
+    if !value.secret {
+        cx.err(
+            &v.span(),
+            format!("{k}: a key is a secret; put it in the env file and write \"${{VAR}}\""),
+        );
+    }
+    value
+}
+
+/// The length of an age X25519 secret key: `AGE-SECRET-KEY-1` and 58 Bech32 characters.
+const AGE_SECRET_KEY_LEN: usize = 74;
+
+/// Whether `s` is an age X25519 secret key (`AGE-SECRET-KEY-1…`, Bech32 with its
+/// checksum, 32 bytes), as age-keygen and `berth offsite keygen` print. The error says
+/// what is wrong without quoting the value.
+pub(crate) fn check_age_secret_key(s: &str) -> Result<(), String> {
+    use bech32::primitives::decode::CheckedHrpstring;
+    if s.is_empty() {
+        return Err("is empty".into());
+    }
+    if !s.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-1") {
+        return Err("is not an age secret key (it starts with AGE-SECRET-KEY-1)".into());
+    }
+    if s.len() < AGE_SECRET_KEY_LEN {
+        return Err(format!(
+            "is too short for an age secret key ({} characters, not {AGE_SECRET_KEY_LEN})",
+            s.len()
+        ));
+    }
+    if s.len() > AGE_SECRET_KEY_LEN {
+        return Err(format!(
+            "is too long for an age secret key ({} characters, not {AGE_SECRET_KEY_LEN})",
+            s.len()
+        ));
+    }
+    let parsed = CheckedHrpstring::new::<bech32::Bech32>(s)
+        .map_err(|_| "is not a valid age secret key (its checksum does not match: a typo?)")?;
+    if parsed.hrp() != bech32::Hrp::parse_unchecked("AGE-SECRET-KEY-")
+        || parsed.byte_iter().count() != 32
+    {
+        return Err("is not an age secret key".into());
+    }
+    Ok(())
+}
+
+/// The host of an `http://` URL unless it is this machine (127.0.0.0/8, `localhost`,
+/// `::1`): plain HTTP to anywhere else crosses a network.
+pub(crate) fn plain_http_beyond_loopback(url: &str) -> Option<String> {
+    let rest = url
+        .get(..7)?
+        .eq_ignore_ascii_case("http://")
+        .then(|| &url[7..])?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = hostport.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        hostport.split(':').next().unwrap_or("")
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let loopback = host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then_some(host)
 }
 
 fn alerts(cx: &mut Ctx<'_>, raw: &S<RawAlerts>) -> Alerts {

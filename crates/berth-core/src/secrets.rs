@@ -14,6 +14,9 @@ pub fn secrets(cfg: &Config) -> Vec<String> {
     if let Some(o) = cfg.backup.as_ref().and_then(|b| b.offsite.as_ref()) {
         out.push(o.access_key.value.clone());
         out.push(o.secret_key.value.clone());
+        if let Some(k) = &o.encryption_key {
+            out.push(k.value.clone());
+        }
     }
     if let Some(a) = &cfg.alerts {
         if let Some(t) = &a.telegram {

@@ -161,6 +161,12 @@ pub enum Command {
         config: ConfigArg,
         service: String,
     },
+    /// For `authorized_keys`: `command="berth ssh-command" ssh-ed25519 ...` lets that key
+    /// run only deploy, rollback, status or logs (from $SSH_ORIGINAL_COMMAND, checked)
+    SshCommand {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// A new value for a secret of the env file (a database password: changed in the
     /// database first), then the services that use it recreated, gated
     RotateSecret {

@@ -761,3 +761,126 @@ fn hostile_configs_neither_crash_nor_hang() {
     assert_eq!(order.first().map(String::as_str), Some("s00999"));
     assert_eq!(order.last().map(String::as_str), Some("s00000"));
 }
+
+/// An age secret key as age-keygen prints it (upper case Bech32), from 32 bytes.
+fn age_key(byte: u8) -> String {
+    let hrp = bech32::Hrp::parse("AGE-SECRET-KEY-").expect("hrp");
+    bech32::encode::<bech32::Bech32>(hrp, &[byte; 32])
+        .expect("encode")
+        .to_uppercase()
+}
+
+/// `[backup.offsite]` with `extra` lines, parsed with `key` as BACKUP_KEY in the env.
+fn parse_offsite(endpoint: &str, extra: &str, key: &str) -> Result<Config, Vec<String>> {
+    let src = format!(
+        "{GOOD}\n[backup.offsite]\nendpoint = \"{endpoint}\"\nbucket = \"b\"\naccess_key = \"${{PG_PASS}}\"\nsecret_key = \"${{PG_PASS}}\"\n{extra}"
+    );
+    let lookup = |k: &str| match k {
+        "BACKUP_KEY" => Some(key.to_string()),
+        other => vars(other),
+    };
+    parse(Path::new("b.toml"), &src, &lookup, false)
+        .map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+}
+
+/// Issue 16, item 7: `encryption_key` is an age secret key from the env file; a wrong
+/// one is refused at FILE:LINE:COL without being quoted.
+#[test]
+fn offsite_encryption_key_is_an_age_secret_key_from_the_env_file() {
+    let key = age_key(7);
+    assert_eq!(key.len(), 74);
+    let line = "encryption_key = \"${BACKUP_KEY}\"\n";
+    let c = parse_offsite("https://fra1.digitaloceanspaces.com", line, &key).expect("valid");
+    let o = c.backup.and_then(|b| b.offsite).expect("offsite");
+    let k = o.encryption_key.expect("a key");
+    assert!(k.secret);
+    assert_eq!(k.value, key);
+    assert!(
+        !format!("{k:?}").contains(&key),
+        "Debug prints the template"
+    );
+    // Lower case is the same key.
+    assert!(parse_offsite("https://x", line, &key.to_lowercase()).is_ok());
+
+    // Where the line is: GOOD, a blank line, the table header and five keys.
+    let at = format!("b.toml:{}:18: ", GOOD.lines().count() + 7);
+    let mut typo = key.clone().into_bytes();
+    typo[40] = if typo[40] == b'Q' { b'P' } else { b'Q' };
+    let typo = String::from_utf8(typo).expect("ascii");
+    for (value, want) in [
+        ("", "${BACKUP_KEY} is empty"),
+        ("short-passphrase", "is not an age secret key"),
+        (
+            &key[..60],
+            "is too short for an age secret key (60 characters, not 74)",
+        ),
+        (&format!("{key}A"), "is too long"),
+        (&typo, "its checksum does not match"),
+    ] {
+        let e = parse_offsite("https://x", line, value).expect_err(want);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with(&at), "{at} in {e:?}");
+        assert!(
+            e[0].contains("backup.offsite.encryption_key: ${BACKUP_KEY}"),
+            "{e:?}"
+        );
+        assert!(e[0].contains(want), "{want:?} in {e:?}");
+        assert!(e[0].contains("berth offsite keygen"), "{e:?}");
+        if value.len() > 4 {
+            assert!(!e[0].contains(value), "the value is not quoted: {e:?}");
+        }
+    }
+    // Written in the file itself: a secret belongs in the env file.
+    let e = parse_offsite("https://x", &format!("encryption_key = \"{key}\"\n"), "")
+        .expect_err("literal");
+    assert!(
+        e[0].contains("backup.offsite.encryption_key: a key is a secret"),
+        "{e:?}"
+    );
+    assert!(!e[0].contains(&key), "{e:?}");
+}
+
+/// Issue 16, item 7: plain http:// to anything but this machine is a warning (keys'
+/// signatures and data in the clear); loopback (the tests, a local MinIO) and https
+/// are not.
+#[test]
+fn offsite_http_endpoints_beyond_loopback_are_warned_about() {
+    let offsite_warnings = |endpoint: &str, extra: &str| -> Vec<String> {
+        parse_offsite(endpoint, extra, &age_key(1))
+            .expect("valid")
+            .warnings
+            .into_iter()
+            .filter(|w| w.contains("backup.offsite"))
+            .collect()
+    };
+    let w = offsite_warnings("http://minio.internal:9000", "");
+    assert_eq!(w.len(), 1, "{w:?}");
+    let at = format!("b.toml:{}:12: ", GOOD.lines().count() + 3);
+    assert!(w[0].starts_with(&at), "{at} in {w:?}");
+    assert!(
+        w[0].contains("plain http:// to minio.internal: every backup, the access key id and the signed requests"),
+        "{w:?}"
+    );
+    assert!(w[0].contains("use https://"), "{w:?}");
+    let w = offsite_warnings(
+        "http://user@10.0.0.5/",
+        "encryption_key = \"${BACKUP_KEY}\"\n",
+    );
+    assert!(
+        w.len() == 1
+            && w[0].contains("to 10.0.0.5:")
+            && w[0].contains("the dumps themselves are encrypted"),
+        "{w:?}"
+    );
+    assert_eq!(offsite_warnings("http://[2001:db8::1]:9000", "").len(), 1);
+    for quiet in [
+        "http://127.0.0.1:9000",
+        "http://127.1.2.3",
+        "http://localhost:9000/",
+        "http://[::1]:9000",
+        "https://fra1.digitaloceanspaces.com",
+        "https://minio.internal:9000",
+    ] {
+        assert_eq!(offsite_warnings(quiet, ""), Vec::<String>::new(), "{quiet}");
+    }
+}

@@ -9,6 +9,7 @@ pub mod docs;
 pub mod logs;
 pub mod plan;
 pub mod rotate;
+pub mod ssh;
 pub mod status;
 
 use std::path::Path;

@@ -17,9 +17,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Removes a file when dropped, unless disarmed: no partial backup outlives an error.
-struct TempFile {
-    path: PathBuf,
-    armed: bool,
+pub(crate) struct TempFile {
+    pub(crate) path: PathBuf,
+    pub(crate) armed: bool,
 }
 
 impl Drop for TempFile {
@@ -30,7 +30,7 @@ impl Drop for TempFile {
     }
 }
 
-fn io_error(e: std::io::Error, doing: &str, path: &Path) -> anyhow::Error {
+pub(crate) fn io_error(e: std::io::Error, doing: &str, path: &Path) -> anyhow::Error {
     if e.kind() == std::io::ErrorKind::StorageFull {
         anyhow::anyhow!("no space left on device while {doing} {}", path.display())
     } else {
@@ -301,13 +301,13 @@ async fn copy_rdb(
     Ok((file, sum))
 }
 
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_error(e, "syncing", dir))
 }
 
-fn write_meta(dir: &Path, meta: &Meta) -> anyhow::Result<()> {
+pub(crate) fn write_meta(dir: &Path, meta: &Meta) -> anyhow::Result<()> {
     let path = dir.join(format!("{}.json", meta.id));
     let tmp = TempFile {
         path: dir.join(format!(".{}.json.partial", meta.id)),

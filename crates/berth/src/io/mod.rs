@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod containers;
+pub mod crypt;
 pub mod host;
 pub mod probe;
 pub mod s3;

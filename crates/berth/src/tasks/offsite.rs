@@ -32,7 +32,7 @@ pub async fn run(hub: Arc<Hub>, wake: Arc<Notify>) {
             continue;
         };
         let mut st = hub.read(|s| s.backup.offsite.clone().unwrap_or_default());
-        let r = match Store::new(&o) {
+        let r = match Store::new(&o, &cfg.supervisor.project) {
             Ok(store) => store.sync(&dir, &mut st).await,
             Err(e) => Err(e),
         };

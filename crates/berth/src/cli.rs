@@ -119,6 +119,11 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Off-site copies ([backup.offsite]): list them, fetch one back, make an encryption key
+    Offsite {
+        #[command(subcommand)]
+        action: OffsiteAction,
+    },
     /// Deploy a new image of a service: backup, migration, health gate, automatic rollback
     Deploy {
         #[command(flatten)]
@@ -196,6 +201,29 @@ pub enum Command {
 pub enum ExportFormat {
     Compose,
     Kubernetes,
+}
+
+#[derive(Subcommand)]
+pub enum OffsiteAction {
+    /// This project's copies in the bucket: id, size, encrypted or not
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Download a copy (an id or `latest`) into the backup folder, decrypted and checked
+    /// against its checksums; then `berth restore ID`
+    Fetch {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Copy id, or `latest`
+        which: String,
+        /// Write the files into this folder instead of [backup] dir
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Print a new encryption key for the env file:
+    /// berth offsite keygen >> /etc/berth/berth.env
+    Keygen,
 }
 
 #[derive(Subcommand)]

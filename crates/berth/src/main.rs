@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use tracing::error;
 
-use crate::cli::{AlertAction, Cli, Command};
+use crate::cli::{AlertAction, Cli, Command, OffsiteAction};
 use crate::cmd::{exit, load_or_exit, runtime, with_config};
 
 fn main() -> ExitCode {
@@ -70,6 +70,13 @@ fn main() -> ExitCode {
         Command::Restore { config, which, yes } => {
             with_config(&config, |cfg| cmd::backup::restore_cmd(cfg, which, yes))
         }
+        Command::Offsite { action } => match action {
+            OffsiteAction::List { config } => with_config(&config, cmd::offsite::list),
+            OffsiteAction::Fetch { config, which, dir } => {
+                with_config(&config, |cfg| cmd::offsite::fetch(cfg, which, dir))
+            }
+            OffsiteAction::Keygen => exit(cmd::offsite::keygen()),
+        },
         Command::Deploy {
             config,
             service,

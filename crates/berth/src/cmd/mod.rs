@@ -7,6 +7,7 @@ pub mod compose;
 pub mod deploy;
 pub mod docs;
 pub mod logs;
+pub mod offsite;
 pub mod plan;
 pub mod rotate;
 pub mod ssh;

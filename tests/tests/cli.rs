@@ -76,3 +76,58 @@ fn exit_codes_and_errors_are_consistent() {
     assert!(err.contains("/nonexistent/berth.toml"), "{err}");
     assert!(err.contains("hint: pass the config with -c FILE"), "{err}");
 }
+
+/// Issue 17, item 4: the forced command refuses, in one line and with nothing run,
+/// whatever is not deploy/rollback/status/logs with checked arguments; what passes runs
+/// as the same command would (here `status` with no daemon: exit 3).
+#[test]
+fn ssh_command_runs_only_what_it_allows() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("berth.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[supervisor]\nproject = \"sshc\"\nadmin_socket = {:?}\nstate_dir = {:?}\n\n[services.bot]\nimage = \"bot:1\"\n",
+            dir.path().join("admin.sock"),
+            dir.path().join("state")
+        ),
+    )
+    .expect("config");
+    let run = |original: Option<&str>| {
+        let mut c = Command::new(berth_bin());
+        c.args(["ssh-command", "-c"])
+            .arg(&config)
+            .env_remove("BERTH_CONFIG");
+        match original {
+            Some(o) => c.env("SSH_ORIGINAL_COMMAND", o),
+            None => c.env_remove("SSH_ORIGINAL_COMMAND"),
+        };
+        c.output().expect("run")
+    };
+    let marker = dir.path().join("pwned");
+    let hostile = [
+        None,
+        Some(format!("status; touch {}", marker.display())),
+        Some(format!("status && touch {}", marker.display())),
+        Some(format!("logs bot $(touch {})", marker.display())),
+        Some(format!("status\ntouch {}", marker.display())),
+        Some("status --config=/etc/shadow".to_string()),
+        Some("deploy --config=/etc/shadow bot bot:2".to_string()),
+        Some("restore latest --yes".to_string()),
+        Some("run".to_string()),
+    ];
+    for h in hostile {
+        let out = run(h.as_deref());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{h:?}: {err}");
+        assert!(
+            err.starts_with("berth ssh-command: refused: "),
+            "{h:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(out.stdout.is_empty(), "{h:?}");
+        assert!(!marker.exists(), "{h:?} ran something");
+    }
+    let out = run(Some("status"));
+    assert_eq!(out.status.code(), Some(3), "status ran: no daemon answers");
+}

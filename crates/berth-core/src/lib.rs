@@ -7,7 +7,8 @@
 //! - [`alerts`]: snapshots → incident messages;
 //! - [`schedule`] and [`retention`]: when backups run and which are kept;
 //! - [`deploy`]: deploy records, image overrides, container roles, start-up recovery;
-//! - [`secrets`]: the values never to print, and scrubbing them out.
+//! - [`secrets`]: the values never to print, and scrubbing them out;
+//! - [`forced`]: what `berth ssh-command` lets a CI key run.
 //!
 //! **Architecture invariant:** no I/O, no clock reads, no async: no tokio, bollard,
 //! reqwest, axum or sqlx in this crate's dependency tree (`cargo xtask lint` checks).
@@ -15,6 +16,7 @@
 
 pub mod alerts;
 pub mod deploy;
+pub mod forced;
 pub mod plan;
 pub mod probe;
 pub mod restart;

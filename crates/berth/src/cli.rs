@@ -168,7 +168,8 @@ pub enum Command {
     },
     /// For `authorized_keys`: `command="berth ssh-command" ssh-ed25519 ...` lets that key
     /// run only deploy, rollback, status or logs (from $SSH_ORIGINAL_COMMAND, checked)
-    SshCommand {
+    #[command(name = "ssh-command")]
+    Forced {
         #[command(flatten)]
         config: ConfigArg,
     },

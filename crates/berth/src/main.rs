@@ -113,7 +113,7 @@ fn main() -> ExitCode {
         Command::Restart { config, service } => {
             with_config(&config, |cfg| cmd::deploy::restart(cfg, service))
         }
-        Command::SshCommand { config } => cmd::ssh::ssh_command(&config),
+        Command::Forced { config } => cmd::ssh::ssh_command(&config),
         Command::RotateSecret {
             config,
             var,

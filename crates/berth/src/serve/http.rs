@@ -34,7 +34,7 @@ fn render(s: &Snapshot) -> Rendered {
             StatusCode::SERVICE_UNAVAILABLE
         },
         health: Bytes::from(serde_json::to_string(&doc).unwrap_or_default()),
-        metrics: Bytes::from(crate::serve::metrics::render(s)),
+        metrics: Bytes::from(crate::serve::metrics::render(s, now)),
     }
 }
 

@@ -5,12 +5,17 @@
 //! - `test`:   images, then the whole test suite (unit and integration, real engine)
 //! - `bench`:  berth against the plain-Docker way (`--quick` for fewer runs)
 //! - `faults`: the fault-injection cases, one PASS/FAIL line each
+//! - `chaos`:  the soak: random faults from a seed under live traffic, invariants checked
+//!   all along (`--minutes N`, `--seed S`; report in target/chaos/report.md)
 //! - `tools`:  install the programs the commands above need (xtask/tools.txt); each of
 //!   them does this for itself first
 //! - `lint`:   the architecture rules (pure core crate, bollard in one crate, no module
 //!   import cycles)
 
 mod bench;
+mod chaos;
+mod chaos_proxy;
+mod chaos_schedule;
 mod faults;
 mod images;
 mod lint;
@@ -32,11 +37,12 @@ fn main() -> std::process::ExitCode {
         Some("test") => tools::ensure("test").and_then(|()| test(&args[1..])),
         Some("bench") => tools::ensure("bench").and_then(|()| bench::run(&args[1..])),
         Some("faults") => tools::ensure("faults").and_then(|()| faults::run()),
+        Some("chaos") => tools::ensure("chaos").and_then(|()| chaos::run(&args[1..])),
         Some("tools") => tools::run(&args[1..]),
         Some("lint") => lint::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <images|demo|test [cargo test args]|bench [--quick] [NAME…]|faults|tools [COMMAND…]|lint [SRC_DIR…]>"
+                "usage: cargo xtask <images|demo|test [cargo test args]|bench [--quick] [NAME…]|faults|chaos [--minutes N] [--seed S]|tools [COMMAND…]|lint [SRC_DIR…]>"
             );
             return std::process::ExitCode::from(2);
         }

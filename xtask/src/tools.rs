@@ -16,7 +16,7 @@ use crate::{root, target_dir};
 pub const LIST: &str = "xtask/tools.txt";
 
 /// The xtask commands that have tools in the list (besides `engine` and `ci`).
-pub const COMMANDS: &[&str] = &["test", "bench", "faults", "demo", "images"];
+pub const COMMANDS: &[&str] = &["test", "bench", "faults", "chaos", "demo", "images"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -4,7 +4,13 @@
 //! parameters) and shapes for `getUpdates`, `getMe`, `sendMessage`, `deleteWebhook` and
 //! `getWebhookInfo`. Like Telegram, a `getUpdates` that arrives while another is open ends
 //! the open one with HTTP 409 (counted as a conflict). Control endpoints under
-//! `/_control/` queue updates and expose what the bot sent and every poll it made.
+//! `/_control/` queue updates and expose what the bot sent and every poll it made;
+//! `/_control/stats` is a small summary (conflicts, the offset the bot confirmed, when this
+//! process started) for samplers that read it many times a second.
+//!
+//! `UPDATE_IDS=clock` starts update ids at the wall clock in milliseconds instead of
+//! 100001, so ids keep growing across restarts of this process, as Telegram's do (a bot
+//! that kept its offset would otherwise never see the updates of a restarted fake).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -31,6 +37,11 @@ struct Inner {
     /// The poll currently open, and how to end it with a conflict.
     open: Option<(u64, oneshot::Sender<()>)>,
     next_poll: u64,
+    /// The highest `offset` a `getUpdates` sent: every update below it is confirmed.
+    confirmed: i64,
+    /// Added to the update counter: 100000, or the start time in ms (`UPDATE_IDS=clock`).
+    id_base: i64,
+    started_ms: u64,
 }
 
 #[derive(Clone, Default)]
@@ -174,6 +185,7 @@ async fn get_updates(app: &App, p: &HashMap<String, Value>, client: String) -> R
         let mut g = app.lock();
         // An offset confirms every update before it.
         if offset > 0 {
+            g.confirmed = g.confirmed.max(offset);
             g.updates
                 .retain(|u| u["update_id"].as_i64().unwrap_or(0) >= offset);
         }
@@ -256,7 +268,7 @@ async fn control_updates(State(app): State<App>, axum::Json(body): axum::Json<Va
             .map_or(0, |c| c.encode_utf16().count());
         message["entities"] = json!([{"type": "bot_command", "offset": 0, "length": len}]);
     }
-    let update = json!({"update_id": 100000 + g.next_update_id, "message": message});
+    let update = json!({"update_id": g.id_base + g.next_update_id, "message": message});
     g.updates.push_back(update.clone());
     drop(g);
     app.new_update.notify_waiters();
@@ -272,14 +284,40 @@ async fn control_polls(State(app): State<App>) -> Response {
     axum::Json(json!({"polls": g.polls, "conflicts": g.conflicts})).into_response()
 }
 
+async fn control_stats(State(app): State<App>) -> Response {
+    let g = app.lock();
+    axum::Json(json!({
+        "started_ms": g.started_ms,
+        "conflicts": g.conflicts,
+        "confirmed": g.confirmed,
+        "polls": g.polls.len(),
+        "open": g.open.is_some(),
+        "queued": g.updates.len(),
+        // When the oldest update not yet confirmed was queued (unix seconds), if any.
+        "oldest_queued_s": g.updates.iter().filter_map(|u| u["message"]["date"].as_u64()).min(),
+        "sent": g.sent.len(),
+    }))
+    .into_response()
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let listen = std::env::var("LISTEN").unwrap_or_else(|_| "0.0.0.0:8081".into());
     let app = App::default();
+    {
+        let mut g = app.lock();
+        g.started_ms = now_ms();
+        g.id_base = if std::env::var("UPDATE_IDS").is_ok_and(|v| v == "clock") {
+            g.started_ms as i64
+        } else {
+            100000
+        };
+    }
     let router = Router::new()
         .route("/_control/updates", post(control_updates))
         .route("/_control/sent", get(control_sent))
         .route("/_control/polls", get(control_polls))
+        .route("/_control/stats", get(control_stats))
         .route("/healthz", get(|| async { "ok" }))
         .route("/{bot}/{method}", get(api).post(api))
         .with_state(app);

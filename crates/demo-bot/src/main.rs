@@ -3,7 +3,9 @@
 //!
 //! `demo-bot migrate` applies the SQL files in `MIGRATIONS_DIR` (default
 //! `/app/migrations`) in name order, once each; `demo-bot run` does the same at start-up,
-//! then polls. On SIGTERM it finishes the current poll, confirms what it handled, and
+//! then polls. An update is confirmed (the next poll's `offset` moves past it) only once
+//! it was handled; one that fails, say while PostgreSQL is down, comes back with the next
+//! poll, and handling it again is harmless. On SIGTERM it finishes the current poll, confirms what it handled, and
 //! exits 0.
 //!
 //! Environment: TELEGRAM_BOT_TOKEN, TELEGRAM_API_BASE (default https://api.telegram.org),
@@ -172,6 +174,32 @@ impl Bot {
     }
 }
 
+/// Handles `list` in order and returns the offset to confirm next: one past the last update
+/// handled. It stops at the first update that fails, so that update and the ones after it
+/// are not confirmed and come back with the next poll (an update is confirmed only once its
+/// row is written; handling is idempotent, so a repeat is harmless).
+async fn handle_batch<'a, F, Fut>(
+    list: &'a [Value],
+    mut offset: i64,
+    mut handle: F,
+) -> (i64, Option<anyhow::Error>)
+where
+    F: FnMut(&'a Value) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    for u in list {
+        let id = u["update_id"].as_i64().unwrap_or(0);
+        if id < offset {
+            continue;
+        }
+        if let Err(e) = handle(u).await {
+            return (offset, Some(e));
+        }
+        offset = id + 1;
+    }
+    (offset, None)
+}
+
 async fn run() -> anyhow::Result<()> {
     let token = env("TELEGRAM_BOT_TOKEN")?;
     let base =
@@ -235,11 +263,12 @@ async fn run() -> anyhow::Result<()> {
             .await;
         match updates {
             Ok(Value::Array(list)) => {
-                for u in list {
-                    offset = offset.max(u["update_id"].as_i64().unwrap_or(0) + 1);
-                    if let Err(e) = bot.handle(&u).await {
-                        eprintln!("handling update: {e:#}");
-                    }
+                let (next, failed) = handle_batch(&list, offset, |u| bot.handle(u)).await;
+                offset = next;
+                if let Some(e) = failed {
+                    // Not confirmed: the next poll gets it again once the stores answer.
+                    eprintln!("handling update: {e:#}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
             Ok(_) => {}
@@ -294,5 +323,33 @@ async fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chaos soak found this: with PostgreSQL down, the update was confirmed anyway
+    /// (the offset moved past it before handling), and it was lost.
+    #[tokio::test]
+    async fn an_update_that_fails_is_not_confirmed() {
+        let list: Vec<Value> = (10..13).map(|id| json!({"update_id": id})).collect();
+        let (next, err) = handle_batch(&list, 0, |u| {
+            let fail = u["update_id"] == 11;
+            async move {
+                if fail {
+                    anyhow::bail!("database down")
+                }
+                Ok(())
+            }
+        })
+        .await;
+        assert_eq!(next, 11, "10 confirmed, 11 and 12 come back");
+        assert!(err.is_some());
+
+        let (next, err) = handle_batch(&list, next, |_| async { Ok(()) }).await;
+        assert_eq!(next, 13);
+        assert!(err.is_none());
     }
 }

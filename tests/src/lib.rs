@@ -739,13 +739,58 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Self {
+        Self::start_in(tempfile::tempdir().expect("tmp"), "")
+    }
+
+    /// A registry that wants `user`/`password` (htpasswd, bcrypt). Pushes log in with a
+    /// Docker config of the test's own, never the runner's.
+    pub fn with_password(user: &str, password: &str) -> Self {
         let dir = tempfile::tempdir().expect("tmp");
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", user, password])
+            .output()
+            .expect("htpasswd (apt-get install apache2-utils; cargo xtask test installs it)");
+        assert!(out.status.success(), "htpasswd");
+        let file = dir.path().join("htpasswd");
+        std::fs::write(&file, &out.stdout).expect("htpasswd file");
+        let auth = format!(
+            "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+            file.display()
+        );
+        let r = Self::start_in(dir, &auth);
+        let login = Command::new("docker")
+            .env("DOCKER_CONFIG", r.client_config())
+            .args(["login", "-u", user, "--password-stdin"])
+            .arg(format!("127.0.0.1:{}", r.port))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write as _;
+                c.stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(password.as_bytes())?;
+                c.wait()
+            })
+            .expect("docker login");
+        assert!(login.success(), "docker login to the test registry");
+        r
+    }
+
+    /// The Docker client config the pushes use (a folder of the test's).
+    fn client_config(&self) -> PathBuf {
+        self._dir.path().join("docker-client")
+    }
+
+    fn start_in(dir: tempfile::TempDir, auth: &str) -> Self {
         let port = free_port();
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
                 dir.path().join("data").display()
             ),
         )
@@ -774,7 +819,16 @@ impl Registry {
     pub fn push(&self, local: &str, name: &str) -> String {
         let image = format!("127.0.0.1:{}/{name}", self.port);
         docker(&["tag", local, &image]).expect("tag");
-        docker(&["push", &image]).expect("push");
+        let push = Command::new("docker")
+            .env("DOCKER_CONFIG", self.client_config())
+            .args(["push", &image])
+            .output()
+            .expect("docker push");
+        assert!(
+            push.status.success(),
+            "push: {}",
+            String::from_utf8_lossy(&push.stderr)
+        );
         docker(&["rmi", &image]).expect("rmi");
         image
     }

@@ -18,9 +18,19 @@ pub struct Config {
     pub services: BTreeMap<String, Service>,
     pub backup: Option<Backup>,
     pub alerts: Option<Alerts>,
+    /// Pull credentials by registry host (`ghcr.io`, `registry.digitalocean.com`,
+    /// `127.0.0.1:5000`; `docker.io` for Docker Hub).
+    pub registries: BTreeMap<String, Registry>,
     /// What is allowed but probably not meant, as `FILE:LINE:COL: message` (`berth
     /// check` prints them; the daemon logs them).
     pub warnings: Vec<String>,
+}
+
+/// `[registries."HOST"]`: the password comes from the env file only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registry {
+    pub username: Value,
+    pub password: Value,
 }
 
 #[derive(Debug, Clone, PartialEq)]

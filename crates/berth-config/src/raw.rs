@@ -15,6 +15,15 @@ pub struct RawConfig {
     pub services: BTreeMap<String, S<RawService>>,
     pub backup: Option<S<RawBackup>>,
     pub alerts: Option<S<RawAlerts>>,
+    /// `[registries."ghcr.io"]`: credentials for pulls, by registry host.
+    #[serde(default)]
+    pub registries: BTreeMap<String, S<RawRegistry>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawRegistry {
+    pub username: S<String>,
+    pub password: S<String>,
 }
 
 #[derive(Debug, Deserialize)]

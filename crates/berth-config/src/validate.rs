@@ -169,6 +169,11 @@ pub(crate) fn parse(
         .as_ref()
         .and_then(|b| backup(&mut cx, path, b, &supervisor, &services));
     let alerts = raw.alerts.as_ref().map(|a| alerts(&mut cx, a));
+    let registries = raw
+        .registries
+        .iter()
+        .map(|(host, r)| (host.clone(), registry(&mut cx, host, r)))
+        .collect();
     if cx.errors.is_empty() {
         Ok(Config {
             path: path.to_path_buf(),
@@ -176,6 +181,7 @@ pub(crate) fn parse(
             services,
             backup,
             alerts,
+            registries,
             warnings: cx.warnings,
         })
     } else {
@@ -1154,6 +1160,34 @@ fn offsite(cx: &mut Ctx<'_>, raw: &S<RawOffsite>, local: Option<&RawKeep>) -> Of
 }
 
 /// A key of `[backup.offsite]`: a secret, so it must come from the env file.
+/// `[registries."HOST"]`: a registry host as image references name it, and a password
+/// from the env file.
+fn registry(cx: &mut Ctx<'_>, host: &str, r: &S<RawRegistry>) -> Registry {
+    let key = format!("registries.{host:?}");
+    let (h, port) = host.split_once(':').unwrap_or((host, "1"));
+    let valid = !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && port.parse::<u16>().is_ok_and(|p| p > 0);
+    if !valid {
+        cx.err(
+            &r.span(),
+            format!(
+                "{key}: a registry host as images name it (ghcr.io, registry.digitalocean.com, 127.0.0.1:5000, docker.io), without a scheme or path"
+            ),
+        );
+    }
+    let username = cx.value(&format!("{key}.username"), &r.get_ref().username);
+    let password = cx.value(&format!("{key}.password"), &r.get_ref().password);
+    if !password.secret {
+        cx.err(
+            &r.get_ref().password.span(),
+            format!("{key}.password: a password is a secret; put it in the env file and write \"${{VAR}}\""),
+        );
+    }
+    Registry { username, password }
+}
+
 fn offsite_key(cx: &mut Ctx<'_>, name: &str, v: &S<String>) -> Value {
     let k = format!("backup.offsite.{name}");
     let value = cx.value(&k, v);

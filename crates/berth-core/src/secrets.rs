@@ -18,6 +18,7 @@ pub fn secrets(cfg: &Config) -> Vec<String> {
             out.push(k.value.clone());
         }
     }
+    out.extend(cfg.registries.values().map(|r| r.password.value.clone()));
     if let Some(a) = &cfg.alerts {
         if let Some(t) = &a.telegram {
             out.push(t.token.value.clone());

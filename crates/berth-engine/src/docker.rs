@@ -453,14 +453,23 @@ impl Engine for DockerEngine {
         }
     }
 
-    async fn pull_image(&self, image: &str) -> Result<()> {
+    async fn pull_image(&self, image: &str, auth: Option<&crate::RegistryAuth>) -> Result<()> {
         let (from_image, tag) = crate::split_reference(image);
         let opts = CreateImageOptions {
             from_image: Some(from_image),
             tag: (!tag.is_empty()).then_some(tag),
             ..Default::default()
         };
-        let mut progress = self.client().await?.create_image(Some(opts), None, None);
+        let credentials = auth.map(|a| bollard::auth::DockerCredentials {
+            username: Some(a.username.clone()),
+            password: Some(a.password.clone()),
+            serveraddress: Some(a.server.clone()),
+            ..Default::default()
+        });
+        let mut progress = self
+            .client()
+            .await?
+            .create_image(Some(opts), None, credentials);
         while let Some(step) = progress.next().await {
             step.map_err(err(format!("pulling {image}")))?;
         }

@@ -1033,7 +1033,7 @@ impl Engine for FakeEngine {
         })
     }
 
-    async fn pull_image(&self, image: &str) -> Result<()> {
+    async fn pull_image(&self, image: &str, _auth: Option<&crate::RegistryAuth>) -> Result<()> {
         let call = Call::Pull {
             image: image.to_string(),
         };
@@ -1464,7 +1464,7 @@ mod tests {
         ));
 
         assert!(!f.image_exists("redis").await.unwrap());
-        f.pull_image("redis").await.unwrap();
+        f.pull_image("redis", None).await.unwrap();
         assert!(f.image_exists("redis:latest").await.unwrap());
         assert!(f.has_image("docker.io/library/redis:latest"));
     }
@@ -1613,9 +1613,9 @@ mod tests {
                 message: "timeout".into(),
             },
         );
-        assert!(f.pull_image("x").await.is_err());
-        assert!(f.pull_image("x").await.is_err());
-        f.pull_image("x").await.unwrap();
+        assert!(f.pull_image("x", None).await.is_err());
+        assert!(f.pull_image("x", None).await.is_err());
+        f.pull_image("x", None).await.unwrap();
     }
 
     #[tokio::test]

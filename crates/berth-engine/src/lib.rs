@@ -38,6 +38,25 @@ impl EngineError {
 
 pub type Result<T> = std::result::Result<T, EngineError>;
 
+/// Credentials for one registry. Its `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    /// The registry host as images name it (`ghcr.io`, `127.0.0.1:5000`, `docker.io`).
+    pub server: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
 /// Everything needed to create one container.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ContainerSpec {
@@ -165,8 +184,9 @@ pub trait Engine: Send + Sync + 'static {
     async fn rename_container(&self, id: &str, new_name: &str) -> Result<()>;
     async fn inspect_container(&self, id: &str) -> Result<ContainerDetails>;
     async fn image_exists(&self, image: &str) -> Result<bool>;
-    /// Pulls `image` (its tag, `latest` if none) from its registry.
-    async fn pull_image(&self, image: &str) -> Result<()>;
+    /// Pulls `image` (its tag, `latest` if none) from its registry, with `auth` when the
+    /// registry wants credentials.
+    async fn pull_image(&self, image: &str, auth: Option<&RegistryAuth>) -> Result<()>;
     /// Container events for containers carrying `label=value`, as they happen. The stream
     /// ends (or yields an error) when the engine connection is lost.
     fn events(&self, label: &str, value: &str) -> BoxStream<'static, Result<Event>>;

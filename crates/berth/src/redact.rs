@@ -20,6 +20,19 @@ pub fn set(cfg: &Config) {
     s.dedup();
 }
 
+/// Adds one secret found outside the config (a registry password from the Docker
+/// client's config or a credential helper).
+pub fn add(secret: &str) {
+    if secret.len() < 4 {
+        return;
+    }
+    let mut s = SECRETS.write().unwrap_or_else(|p| p.into_inner());
+    if !s.iter().any(|k| k == secret) {
+        s.push(secret.to_string());
+        s.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+    }
+}
+
 /// `text` with every secret blanked out.
 pub fn scrub(text: &str) -> String {
     let s = SECRETS.read().unwrap_or_else(|p| p.into_inner());

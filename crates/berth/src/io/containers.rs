@@ -2,22 +2,42 @@
 
 use std::time::{Instant, SystemTime};
 
+use anyhow::{Context as _, bail};
+use berth_config::Config;
 use berth_engine::{ContainerDetails, Engine, EngineError, Output};
 use futures::StreamExt;
 use tracing::info;
 
 /// The image is on this host, pulled from its registry if it was not.
-pub async fn ensure_image(engine: &dyn Engine, image: &str) -> anyhow::Result<()> {
+pub async fn ensure_image(engine: &dyn Engine, cfg: &Config, image: &str) -> anyhow::Result<()> {
     if engine.image_exists(image).await? {
         return Ok(());
     }
-    info!(image, "pulling");
+    let host = crate::io::registry::registry_of(image);
+    let auth = crate::io::registry::auth_for(cfg, image)
+        .await
+        .with_context(|| format!("finding credentials for {host}"))?;
+    info!(image, registry = %host, credentials = auth.as_ref().map_or("none", |(_, from)| from.as_str()), "pulling");
     let t = Instant::now();
-    engine.pull_image(image).await.map_err(|e| {
-        anyhow::anyhow!(
-            "image {image} is not on this host and pulling it failed ({e}): check the name, `docker login` to a private registry, or `docker load` it"
-        )
-    })?;
+    if let Err(e) = engine
+        .pull_image(image, auth.as_ref().map(|(a, _)| a))
+        .await
+    {
+        let e = crate::redact::scrub(&e.to_string());
+        if crate::io::registry::is_auth_error(&e) {
+            bail!(match &auth {
+                Some((_, from)) => format!(
+                    "pulling {image}: {host} refused the credentials from {from}: check the user name and that the token may read packages"
+                ),
+                None => format!(
+                    "pulling {image}: {host} wants credentials and berth has none: add [registries.{host:?}] with username and password = \"${{TOKEN}}\" (the token in the env file), or `docker login {host}` as root"
+                ),
+            });
+        }
+        bail!(
+            "image {image} is not on this host and pulling it failed ({e}): check the name, or `docker load` it"
+        );
+    }
     info!(image, ms = t.elapsed().as_millis() as u64, "pulled");
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod containers;
 pub mod crypt;
 pub mod host;
 pub mod probe;
+pub mod registry;
 pub mod s3;
 pub mod secret;
 pub mod spec;

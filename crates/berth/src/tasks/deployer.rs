@@ -600,7 +600,7 @@ impl Deployer {
             backup: None,
             restored: None,
         };
-        ensure_image(hub.engine.as_ref(), &svc.image).await?;
+        ensure_image(hub.engine.as_ref(), &cfg, &svc.image).await?;
         let hold = hub.hold([service]);
         self.change(|d| d.in_flight = Some(rec.clone())).await?;
         info!(service, from = old_hash, to = %new_hash, "changing the service: replacing its container, gated");
@@ -699,7 +699,7 @@ impl Deployer {
         image: &str,
         backup: bool,
     ) -> anyhow::Result<Option<Meta>> {
-        ensure_image(self.hub.engine.as_ref(), image).await?;
+        ensure_image(self.hub.engine.as_ref(), cfg, image).await?;
         let mut pre = None;
         if backup && cfg.backup.is_some() {
             // The caller holds the backup lock.

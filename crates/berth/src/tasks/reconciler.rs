@@ -334,7 +334,7 @@ impl Reconciler {
             match a {
                 Action::CreateContainer { .. } => {
                     let spec = spec::container_spec(cfg, svc);
-                    ensure_image(hub.engine.as_ref(), &svc.image).await?;
+                    ensure_image(hub.engine.as_ref(), cfg, &svc.image).await?;
                     id = Some(hub.engine.create_container(&spec).await?);
                     hub.update_service(name, |s| {
                         s.container_id = id.clone();

@@ -366,6 +366,14 @@ fn setup_droplet_and_the_unit_under_a_real_systemd() {
         families.contains("AF_INET") && families.contains("AF_INET6"),
         "{families}"
     );
+    // Issue 17, item 1: root's Docker config reaches berth inside its sandbox (pulls
+    // from private registries), read-only; other homes stay hidden.
+    assert_eq!(show("ProtectHome"), "tmpfs");
+    assert!(
+        show("BindReadOnlyPaths").contains("/root/.docker"),
+        "{}",
+        show("BindReadOnlyPaths")
+    );
     let health = droplet
         .exec(&["curl", "-fsS", "http://127.0.0.1:7878/health"])
         .expect("health");

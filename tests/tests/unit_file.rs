@@ -56,3 +56,17 @@ fn the_unit_lets_berth_reach_what_its_config_names() {
     assert_eq!(u["ProtectSystem"], vec!["strict"]);
     assert_eq!(u["NoNewPrivileges"], vec!["yes"]);
 }
+
+/// Issue 17, item 1: pulls from private registries read root's Docker client config as
+/// `docker pull` would; the unit hides homes but lets that folder through, read-only.
+#[test]
+fn the_unit_lets_berth_read_roots_docker_config_only() {
+    let u = unit();
+    assert_eq!(u["ProtectHome"], vec!["tmpfs"], "homes hidden");
+    assert!(
+        u.get("BindReadOnlyPaths")
+            .is_some_and(|v| v.iter().any(|p| p == "-/root/.docker")),
+        "root's Docker config readable: {:?}",
+        u.get("BindReadOnlyPaths")
+    );
+}

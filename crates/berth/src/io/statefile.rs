@@ -54,16 +54,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     r.with_context(|| format!("writing {}", path.display()))
 }
 
-/// The deploy state; a missing file is an empty state.
-pub fn load_deploys(state_dir: &Path) -> anyhow::Result<DeployState> {
-    let path = deploys_path(state_dir);
-    match std::fs::read_to_string(&path) {
+/// A JSON state file; a missing one is the default value.
+fn load_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> anyhow::Result<T> {
+    match std::fs::read_to_string(path) {
         Ok(text) => {
             serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DeployState::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// The deploy state; a missing file is an empty state.
+pub fn load_deploys(state_dir: &Path) -> anyhow::Result<DeployState> {
+    load_json(&deploys_path(state_dir))
 }
 
 /// Copies a damaged deploys.json aside (`deploys.json.damaged-<unix time>`), leaving the
@@ -93,14 +97,7 @@ fn held_path(state_dir: &Path) -> PathBuf {
 
 /// The services `berth stop` keeps down; a missing file is none.
 pub fn load_held(state_dir: &Path) -> anyhow::Result<std::collections::BTreeSet<String>> {
-    let path = held_path(state_dir);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
+    load_json(&held_path(state_dir))
 }
 
 pub fn save_held(

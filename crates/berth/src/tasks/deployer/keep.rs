@@ -63,13 +63,7 @@ impl Deployer {
             .await
         {
             Ok(d) => {
-                if d.running {
-                    hub.expect_stop(&d.id);
-                    hub.engine
-                        .stop_container(&d.id, svc.stop_grace_period)
-                        .await
-                        .with_context(|| format!("stopping {service}"))?;
-                }
+                self.stop_gracefully(&svc, &d).await?;
                 Some(d.id)
             }
             // No container: nothing runs, and nothing will be created while held.
@@ -83,6 +77,24 @@ impl Deployer {
             s.next_restart = None;
             s.container_id = id.or(s.container_id.take());
         });
+        Ok(())
+    }
+
+    /// Stops the service's running container `d` with its grace period; its `die` is
+    /// expected, no crash.
+    async fn stop_gracefully(
+        &self,
+        svc: &berth_config::Service,
+        d: &berth_engine::ContainerDetails,
+    ) -> anyhow::Result<()> {
+        if d.running {
+            self.hub.expect_stop(&d.id);
+            self.hub
+                .engine
+                .stop_container(&d.id, svc.stop_grace_period)
+                .await
+                .with_context(|| format!("stopping {}", svc.name))?;
+        }
         Ok(())
     }
 
@@ -189,13 +201,7 @@ impl Deployer {
         let hold = hub.hold([service]);
         info!(service, "restarting");
         let stopped = Instant::now();
-        if d.running {
-            hub.expect_stop(&d.id);
-            hub.engine
-                .stop_container(&d.id, svc.stop_grace_period)
-                .await
-                .with_context(|| format!("stopping {service}"))?;
-        }
+        self.stop_gracefully(&svc, &d).await?;
         let r = gate::start_and_wait(hub, &svc, &d.id, timeout).await;
         let down_ms = stopped.elapsed().as_millis() as u64;
         // Released either way: a container that did not come back is the restarter's.

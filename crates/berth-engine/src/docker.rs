@@ -141,6 +141,18 @@ fn to_btree(m: Option<HashMap<String, String>>) -> BTreeMap<String, String> {
     m.unwrap_or_default().into_iter().collect()
 }
 
+/// "3/7 layers, 41 of 120 MB" of a pull's layers (done, bytes so far, bytes in all).
+fn pull_summary(layers: &BTreeMap<String, (bool, i64, i64)>) -> String {
+    let done = layers.values().filter(|l| l.0).count();
+    let (cur, total) = layers.values().fold((0, 0), |(c, t), l| (c + l.1, t + l.2));
+    format!(
+        "{done}/{} layers, {} of {} MB",
+        layers.len(),
+        cur / 1_000_000,
+        total / 1_000_000
+    )
+}
+
 #[async_trait]
 impl Engine for DockerEngine {
     async fn ping(&self) -> Result<()> {
@@ -453,7 +465,12 @@ impl Engine for DockerEngine {
         }
     }
 
-    async fn pull_image(&self, image: &str, auth: Option<&crate::RegistryAuth>) -> Result<()> {
+    async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<&crate::RegistryAuth>,
+        progress: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<()> {
         let (from_image, tag) = crate::split_reference(image);
         let opts = CreateImageOptions {
             from_image: Some(from_image),
@@ -466,13 +483,34 @@ impl Engine for DockerEngine {
             serveraddress: Some(a.server.clone()),
             ..Default::default()
         });
-        let mut progress = self
+        let mut stream = self
             .client()
             .await?
             .create_image(Some(opts), None, credentials);
-        while let Some(step) = progress.next().await {
-            step.map_err(err(format!("pulling {image}")))?;
+        // Layer id → (done, bytes so far, bytes in all), told at most twice a second.
+        let mut layers: BTreeMap<String, (bool, i64, i64)> = BTreeMap::new();
+        let mut told = std::time::Instant::now();
+        while let Some(step) = stream.next().await {
+            let info = step.map_err(err(format!("pulling {image}")))?;
+            let (Some(id), Some(status)) = (info.id, info.status) else {
+                continue;
+            };
+            let l = layers.entry(id).or_default();
+            if status == "Pull complete" || status == "Already exists" {
+                l.0 = true;
+            }
+            if let Some(d) = info.progress_detail
+                && status == "Downloading"
+            {
+                l.1 = d.current.unwrap_or(l.1);
+                l.2 = d.total.unwrap_or(l.2);
+            }
+            if told.elapsed() >= Duration::from_millis(500) {
+                told = std::time::Instant::now();
+                progress(pull_summary(&layers));
+            }
         }
+        progress(pull_summary(&layers) + ": done");
         Ok(())
     }
 

@@ -1033,7 +1033,12 @@ impl Engine for FakeEngine {
         })
     }
 
-    async fn pull_image(&self, image: &str, _auth: Option<&crate::RegistryAuth>) -> Result<()> {
+    async fn pull_image(
+        &self,
+        image: &str,
+        _auth: Option<&crate::RegistryAuth>,
+        _progress: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<()> {
         let call = Call::Pull {
             image: image.to_string(),
         };
@@ -1464,7 +1469,7 @@ mod tests {
         ));
 
         assert!(!f.image_exists("redis").await.unwrap());
-        f.pull_image("redis", None).await.unwrap();
+        f.pull_image("redis", None, &|_| {}).await.unwrap();
         assert!(f.image_exists("redis:latest").await.unwrap());
         assert!(f.has_image("docker.io/library/redis:latest"));
     }
@@ -1613,9 +1618,9 @@ mod tests {
                 message: "timeout".into(),
             },
         );
-        assert!(f.pull_image("x", None).await.is_err());
-        assert!(f.pull_image("x", None).await.is_err());
-        f.pull_image("x", None).await.unwrap();
+        assert!(f.pull_image("x", None, &|_| {}).await.is_err());
+        assert!(f.pull_image("x", None, &|_| {}).await.is_err());
+        f.pull_image("x", None, &|_| {}).await.unwrap();
     }
 
     #[tokio::test]

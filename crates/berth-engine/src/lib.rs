@@ -185,8 +185,14 @@ pub trait Engine: Send + Sync + 'static {
     async fn inspect_container(&self, id: &str) -> Result<ContainerDetails>;
     async fn image_exists(&self, image: &str) -> Result<bool>;
     /// Pulls `image` (its tag, `latest` if none) from its registry, with `auth` when the
-    /// registry wants credentials.
-    async fn pull_image(&self, image: &str, auth: Option<&RegistryAuth>) -> Result<()>;
+    /// registry wants credentials; `progress` hears how far it is (layers, bytes), at most
+    /// twice a second.
+    async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<&RegistryAuth>,
+        progress: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<()>;
     /// Container events for containers carrying `label=value`, as they happen. The stream
     /// ends (or yields an error) when the engine connection is lost.
     fn events(&self, label: &str, value: &str) -> BoxStream<'static, Result<Event>>;

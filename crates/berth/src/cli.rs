@@ -101,6 +101,9 @@ pub enum Command {
     Backup {
         #[command(flatten)]
         config: ConfigArg,
+        /// Do not show the steps as they happen
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// List backups: id, time, size, sha256, verified
     Backups {
@@ -118,6 +121,9 @@ pub enum Command {
         /// Do not ask for confirmation
         #[arg(long)]
         yes: bool,
+        /// Do not show the steps as they happen
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Off-site copies ([backup.offsite]): list them, fetch one back, make an encryption key
     Offsite {
@@ -133,6 +139,9 @@ pub enum Command {
         /// Skip the pre-deploy backup
         #[arg(long)]
         no_backup: bool,
+        /// Do not show the steps as they happen (pull, backup, migration, health gate)
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Go back to the service's previous image (its stopped container, kept by the last deploy)
     Rollback {
@@ -145,6 +154,9 @@ pub enum Command {
         /// With --restore-db: do not ask for confirmation
         #[arg(long)]
         yes: bool,
+        /// Do not show the steps as they happen
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Hold a service down on purpose (kept across berth restarts and reboots) until
     /// `berth start`; the stack shows degraded, and no alert fires for it

@@ -12,6 +12,7 @@ mod hub;
 mod io;
 mod logging;
 mod notify;
+mod progress;
 mod redact;
 mod serve;
 mod tasks;
@@ -60,16 +61,23 @@ fn main() -> ExitCode {
         Command::Alert {
             action: AlertAction::Test { config },
         } => with_config(&config, cmd::alert::alert_test),
-        Command::Backup { config } => with_config(&config, cmd::backup::backup_cmd),
+        Command::Backup { config, quiet } => {
+            with_config(&config, |cfg| cmd::backup::backup_cmd(cfg, quiet))
+        }
         Command::Backups { config, json } => {
             with_config(
                 &config,
                 |cfg| async move { cmd::backup::backups_cmd(cfg, json) },
             )
         }
-        Command::Restore { config, which, yes } => {
-            with_config(&config, |cfg| cmd::backup::restore_cmd(cfg, which, yes))
-        }
+        Command::Restore {
+            config,
+            which,
+            yes,
+            quiet,
+        } => with_config(&config, |cfg| {
+            cmd::backup::restore_cmd(cfg, which, yes, quiet)
+        }),
         Command::Offsite { action } => match action {
             OffsiteAction::List { config } => with_config(&config, cmd::offsite::list),
             OffsiteAction::Fetch { config, which, dir } => {
@@ -82,6 +90,7 @@ fn main() -> ExitCode {
             service,
             image,
             no_backup,
+            quiet,
         } => with_config(&config, |cfg| {
             cmd::deploy::deploy(
                 cfg,
@@ -90,6 +99,7 @@ fn main() -> ExitCode {
                     image,
                     backup: !no_backup,
                 },
+                quiet,
             )
         }),
         Command::Rollback {
@@ -97,12 +107,13 @@ fn main() -> ExitCode {
             service,
             restore_db,
             yes,
+            quiet,
         } => with_config(&config, |cfg| {
             let req = api::RollbackRequest {
                 service,
                 restore_db,
             };
-            cmd::deploy::rollback(cfg, req, yes)
+            cmd::deploy::rollback(cfg, req, yes, quiet)
         }),
         Command::Stop { config, service } => {
             with_config(&config, |cfg| cmd::deploy::stop(cfg, service))

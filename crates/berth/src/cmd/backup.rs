@@ -4,12 +4,22 @@ use anyhow::Context as _;
 use berth_config::Config;
 
 use crate::api::{Meta, RestoreRequest, Restored};
+use crate::cmd::steps::Shown;
 use crate::cmd::{confirm, connect};
 use crate::io::backup;
 use crate::serve::admin;
 
-pub async fn backup_cmd(cfg: Config) -> anyhow::Result<()> {
-    let meta = match admin::request::<_, Meta>(&cfg.supervisor.admin_socket, "/backup", &()).await {
+pub async fn backup_cmd(cfg: Config, quiet: bool) -> anyhow::Result<()> {
+    let mut shown = Shown::new(quiet);
+    let asked = admin::request_progress::<_, Meta>(
+        &cfg.supervisor.admin_socket,
+        "/backup",
+        &(),
+        &mut |s| shown.show(s),
+    )
+    .await;
+    drop(shown);
+    let meta = match asked {
         Some(r) => r?,
         None => backup::take(connect().await?.as_ref(), &cfg, backup::Retention::Apply).await?,
     };
@@ -52,7 +62,7 @@ pub fn backups_cmd(cfg: Config, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn restore_cmd(cfg: Config, which: String, yes: bool) -> anyhow::Result<()> {
+pub async fn restore_cmd(cfg: Config, which: String, yes: bool, quiet: bool) -> anyhow::Result<()> {
     let b = cfg
         .backup
         .as_ref()
@@ -78,9 +88,16 @@ pub async fn restore_cmd(cfg: Config, which: String, yes: bool) -> anyhow::Resul
     let req = RestoreRequest {
         which: meta.id.clone(),
     };
-    let safety = match admin::request::<_, Restored>(&cfg.supervisor.admin_socket, "/restore", &req)
-        .await
-    {
+    let mut shown = Shown::new(quiet);
+    let asked = admin::request_progress::<_, Restored>(
+        &cfg.supervisor.admin_socket,
+        "/restore",
+        &req,
+        &mut |s| shown.show(s),
+    )
+    .await;
+    drop(shown);
+    let safety = match asked {
         Some(r) => {
             let r = r?;
             (r.safety, r.safety_error)

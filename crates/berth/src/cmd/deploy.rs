@@ -7,16 +7,20 @@ use berth_core::deploy::Record;
 use berth_core::snapshot::ServiceStatus;
 
 use crate::api::{DeployRequest, Restarted, RollbackRequest, ServiceRequest};
+use crate::cmd::steps::Shown;
 use crate::serve::admin;
 
-pub async fn deploy(cfg: Config, req: DeployRequest) -> anyhow::Result<()> {
-    let r: Record = admin::request(&cfg.supervisor.admin_socket, "/deploy", &req)
-        .await
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "deploys go through the running daemon: start it (systemctl start berth)"
-            )
-        })??;
+pub async fn deploy(cfg: Config, req: DeployRequest, quiet: bool) -> anyhow::Result<()> {
+    let mut shown = Shown::new(quiet);
+    let r = admin::request_progress(&cfg.supervisor.admin_socket, "/deploy", &req, &mut |s| {
+        shown.show(s)
+    })
+    .await
+    .ok_or_else(|| {
+        anyhow::anyhow!("deploys go through the running daemon: start it (systemctl start berth)")
+    })?;
+    drop(shown);
+    let r: Record = r?;
     println!(
         "deployed {} {} (previous {}) in {} ms{}",
         r.service,
@@ -28,7 +32,12 @@ pub async fn deploy(cfg: Config, req: DeployRequest) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn rollback(cfg: Config, req: RollbackRequest, yes: bool) -> anyhow::Result<()> {
+pub async fn rollback(
+    cfg: Config,
+    req: RollbackRequest,
+    yes: bool,
+    quiet: bool,
+) -> anyhow::Result<()> {
     let service = req.service.clone();
     if req.restore_db && !yes {
         let db = cfg.backup.as_ref().map_or("", |b| b.database.as_str());
@@ -39,13 +48,16 @@ pub async fn rollback(cfg: Config, req: RollbackRequest, yes: bool) -> anyhow::R
             ),
         )?;
     }
-    let r: Record = admin::request(&cfg.supervisor.admin_socket, "/rollback", &req)
-        .await
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "rollbacks go through the running daemon: start it (systemctl start berth)"
-            )
-        })??;
+    let mut shown = Shown::new(quiet);
+    let r = admin::request_progress(&cfg.supervisor.admin_socket, "/rollback", &req, &mut |s| {
+        shown.show(s)
+    })
+    .await
+    .ok_or_else(|| {
+        anyhow::anyhow!("rollbacks go through the running daemon: start it (systemctl start berth)")
+    })?;
+    drop(shown);
+    let r: Record = r?;
     println!("{service} back on {}", r.image);
     Ok(())
 }

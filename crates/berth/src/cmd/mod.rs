@@ -12,6 +12,7 @@ pub mod plan;
 pub mod rotate;
 pub mod ssh;
 pub mod status;
+pub mod steps;
 
 use std::path::Path;
 use std::process::ExitCode;

@@ -36,6 +36,7 @@ fn run(config: &ConfigArg, allowed: Allowed) -> ExitCode {
                     image,
                     backup,
                 },
+                false,
             )
         }),
         Allowed::Rollback { service } => with_config(config, |cfg| {
@@ -43,7 +44,7 @@ fn run(config: &ConfigArg, allowed: Allowed) -> ExitCode {
                 service,
                 restore_db: false,
             };
-            cmd::deploy::rollback(cfg, req, false)
+            cmd::deploy::rollback(cfg, req, false, false)
         }),
         Allowed::Status { json } => match load_or_exit(&config.config) {
             Ok(cfg) => runtime()

@@ -113,7 +113,15 @@ pub async fn take(engine: &dyn Engine, cfg: &Config, retention: Retention) -> an
         .iter()
         .map(|s| s.to_string())
         .collect();
+    crate::progress::say("backup", format!("pg_dump of {} to {file}", b.database));
     let (sha256, size) = stream_to_file(engine, &cid, &cmd, None, dir, &file).await?;
+    crate::progress::say(
+        "backup",
+        format!(
+            "{file}: {size} bytes, sha256 {}",
+            &sha256[..12.min(sha256.len())]
+        ),
+    );
     let path = dir.join(&file);
     // Until its metadata is written no listing sees the dump (or the Redis copy): any
     // error on the way removes them, so no backup is half there.
@@ -144,6 +152,9 @@ pub async fn take(engine: &dyn Engine, cfg: &Config, retention: Retention) -> an
         redis_error: None,
         tables: None,
     };
+    if b.verify != Verify::None {
+        crate::progress::say("verify", format!("{} ({})", meta.file, meta.verify));
+    }
     let verified = match b.verify {
         Verify::None => None,
         Verify::List => Some(verify_list(engine, &cid, b, &path).await),
@@ -224,11 +235,16 @@ async fn stream_to_file(
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut stderr = Vec::new();
+    let mut told = std::time::Instant::now();
     while let Some(chunk) = ex.output.next().await {
         match chunk? {
             Output::Stdout(bytes) => {
                 hasher.update(&bytes);
                 size += bytes.len() as u64;
+                if told.elapsed() >= std::time::Duration::from_millis(500) {
+                    told = std::time::Instant::now();
+                    crate::progress::say("backup", format!("{file}: {size} bytes"));
+                }
                 out.write_all(&bytes)
                     .await
                     .map_err(|e| io_error(e, "writing", &tmp.path))?;

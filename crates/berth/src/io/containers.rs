@@ -19,8 +19,10 @@ pub async fn ensure_image(engine: &dyn Engine, cfg: &Config, image: &str) -> any
         .with_context(|| format!("finding credentials for {host}"))?;
     info!(image, registry = %host, credentials = auth.as_ref().map_or("none", |(_, from)| from.as_str()), "pulling");
     let t = Instant::now();
+    let told = |how_far: String| crate::progress::say("pull", format!("{image}: {how_far}"));
+    crate::progress::say("pull", format!("{image} from {host}"));
     if let Err(e) = engine
-        .pull_image(image, auth.as_ref().map(|(a, _)| a))
+        .pull_image(image, auth.as_ref().map(|(a, _)| a), &told)
         .await
     {
         let e = crate::redact::scrub(&e.to_string());

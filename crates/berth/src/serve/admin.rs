@@ -12,20 +12,21 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::post;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt, AsyncWriteExt};
 
 use crate::api::{
-    ChannelTest, DeployRequest, Meta, Reply, Restarted, RestoreRequest, Restored, RollbackRequest,
-    ServiceRequest,
+    ChannelTest, DeployRequest, Reply, Restarted, RestoreRequest, RollbackRequest, ServiceRequest,
 };
+use crate::progress::{self, Step};
 use crate::tasks::backups::Backups;
 use crate::tasks::deployer::{Deployer, Turn};
-use berth_core::deploy::Record;
 use berth_core::snapshot::ServiceStatus;
 
 /// What the admin socket acts on.
@@ -83,6 +84,9 @@ pub async fn serve(listener: tokio::net::UnixListener, admin: Admin) -> anyhow::
 
 type Answer<T> = (StatusCode, Json<Reply<T>>);
 
+/// The request header that asks for the operation's steps as they happen.
+pub const PROGRESS_HEADER: &str = "x-berth-progress";
+
 /// Runs `op` in its own task and answers with its outcome.
 async fn detached<T, F>(op: F) -> Answer<T>
 where
@@ -101,16 +105,55 @@ where
     (code, Json(Reply::from_result(r)))
 }
 
-async fn backup(State(a): State<Admin>) -> Answer<Meta> {
-    detached(async move { a.backups.backup_now().await }).await
+/// Like [`detached`]; when the client asked (`X-Berth-Progress`), the answer is JSON
+/// lines: `{"progress": Step}` as the operation says them, then its `Reply`. The
+/// operation runs on if the client goes away.
+async fn streamed<T, F>(headers: HeaderMap, op: F) -> Response
+where
+    T: Serialize + Send + 'static,
+    F: Future<Output = anyhow::Result<T>> + Send + 'static,
+{
+    if !headers.contains_key(PROGRESS_HEADER) {
+        return detached(op).await.into_response();
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Step>(256);
+    let task = tokio::spawn(progress::scoped(tx, op));
+    let steps = futures::stream::unfold(rx, |mut rx| async move {
+        let step = rx.recv().await?;
+        let line = serde_json::json!({ "progress": step }).to_string() + "\n";
+        Some((Ok::<_, std::convert::Infallible>(line), rx))
+    });
+    let last = futures::stream::once(async move {
+        let r = match task.await {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::anyhow!("the operation failed inside berth: {e}")),
+        };
+        Ok(serde_json::to_string(&Reply::from_result(r)).unwrap_or_default() + "\n")
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(futures::StreamExt::chain(steps, last)))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-async fn restore(State(a): State<Admin>, Json(req): Json<RestoreRequest>) -> Answer<Restored> {
-    detached(async move { a.backups.restore(&req.which).await }).await
+async fn backup(State(a): State<Admin>, headers: HeaderMap) -> Response {
+    streamed(headers, async move { a.backups.backup_now().await }).await
 }
 
-async fn deploy(State(a): State<Admin>, Json(req): Json<DeployRequest>) -> Answer<Record> {
-    detached(async move {
+async fn restore(
+    State(a): State<Admin>,
+    headers: HeaderMap,
+    Json(req): Json<RestoreRequest>,
+) -> Response {
+    streamed(headers, async move { a.backups.restore(&req.which).await }).await
+}
+
+async fn deploy(
+    State(a): State<Admin>,
+    headers: HeaderMap,
+    Json(req): Json<DeployRequest>,
+) -> Response {
+    streamed(headers, async move {
         a.deployer
             .deploy(&req.service, &req.image, req.backup, Turn::Refuse)
             .await
@@ -118,8 +161,15 @@ async fn deploy(State(a): State<Admin>, Json(req): Json<DeployRequest>) -> Answe
     .await
 }
 
-async fn rollback(State(a): State<Admin>, Json(req): Json<RollbackRequest>) -> Answer<Record> {
-    detached(async move { a.deployer.rollback(&req.service, req.restore_db).await }).await
+async fn rollback(
+    State(a): State<Admin>,
+    headers: HeaderMap,
+    Json(req): Json<RollbackRequest>,
+) -> Response {
+    streamed(headers, async move {
+        a.deployer.rollback(&req.service, req.restore_db).await
+    })
+    .await
 }
 
 async fn stop(State(a): State<Admin>, Json(req): Json<ServiceRequest>) -> Answer<ServiceStatus> {
@@ -181,6 +231,49 @@ pub async fn request<B: Serialize, T: DeserializeOwned>(
         let reply: Reply<T> = serde_json::from_str(body)
             .map_err(|e| anyhow::anyhow!("the daemon answered something unexpected: {e}"))?;
         reply.into_result()
+    };
+    Some(r.await)
+}
+
+/// Like [`request`], with each step of the operation handed to `shown` as it happens.
+pub async fn request_progress<B: Serialize, T: DeserializeOwned>(
+    socket: &Path,
+    path: &str,
+    body: &B,
+    shown: &mut dyn FnMut(&Step),
+) -> Option<anyhow::Result<T>> {
+    let mut s = tokio::net::UnixStream::connect(socket).await.ok()?;
+    let r = async {
+        let body = serde_json::to_string(body)?;
+        s.write_all(
+            format!(
+                "POST {path} HTTP/1.0\r\nContent-Type: application/json\r\n{PROGRESS_HEADER}: 1\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await?;
+        let mut lines = tokio::io::BufReader::new(s).lines();
+        // The status line and headers, up to the blank line.
+        while let Some(l) = lines.next_line().await? {
+            if l.is_empty() {
+                break;
+            }
+        }
+        #[derive(serde::Deserialize)]
+        struct Line {
+            progress: Step,
+        }
+        while let Some(l) = lines.next_line().await? {
+            if let Ok(p) = serde_json::from_str::<Line>(&l) {
+                shown(&p.progress);
+                continue;
+            }
+            let reply: Reply<T> = serde_json::from_str(&l)
+                .map_err(|e| anyhow::anyhow!("the daemon answered something unexpected: {e}"))?;
+            return reply.into_result();
+        }
+        anyhow::bail!("the daemon closed the connection before the outcome: see berth status")
     };
     Some(r.await)
 }

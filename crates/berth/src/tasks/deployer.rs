@@ -19,6 +19,7 @@ use anyhow::{Context as _, bail};
 use berth_config::{Config, Rollback, Service, Strategy};
 use berth_core::deploy::{DeployState, Outcome, Override, Record, Role, Step, Trigger};
 use berth_core::time::fmt_time;
+use futures::StreamExt as _;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -26,6 +27,7 @@ use crate::api::Meta;
 use crate::hub::{Hold, Hub};
 use crate::io::containers::{ensure_image, short, tail_logs};
 use crate::io::{backup, off_runtime, spec, statefile};
+use crate::progress;
 use crate::tasks::backups::Backups;
 use crate::tasks::gate;
 
@@ -379,6 +381,7 @@ impl Deployer {
             Some(g) => g,
             None => {
                 info!(service, "deploy waits for the running backup to finish");
+                progress::say("wait", "for the running backup to finish");
                 self.backups.exclusive().await
             }
         };
@@ -458,12 +461,20 @@ impl Deployer {
                 .await?;
             // Stop-first: the old poller ends its poll before the new one starts.
             if let Some(old) = &old {
+                progress::say(
+                    "stop",
+                    format!(
+                        "the old {service} (it finishes its poll; up to {})",
+                        humantime::format_duration(svc.stop_grace_period)
+                    ),
+                );
                 hub.expect_stop(old);
                 hub.engine
                     .stop_container(old, svc.stop_grace_period)
                     .await?;
                 stopped_at = Some(Instant::now());
             }
+            progress::say("start", format!("{service} on {image}"));
             gate::start_and_wait(hub, &new_svc, &new_id, svc.deploy.health_timeout).await?;
             anyhow::Ok(new_id)
         }
@@ -504,6 +515,7 @@ impl Deployer {
             Err(e) => {
                 let reason = format!("{e:#}");
                 warn!(service, image, error = %reason, "deploy failed: rolling back");
+                progress::say("rollback", format!("to {}: {reason}", svc.image));
                 let restore = if restores { pre.as_ref() } else { None };
                 let back = match (&old, start_first) {
                     // The old container never stopped: only its health needs confirming.
@@ -699,9 +711,11 @@ impl Deployer {
         image: &str,
         backup: bool,
     ) -> anyhow::Result<Option<Meta>> {
+        progress::say("image", image);
         ensure_image(self.hub.engine.as_ref(), cfg, image).await?;
         let mut pre = None;
         if backup && cfg.backup.is_some() {
+            progress::say("backup", "before the deploy");
             // The caller holds the backup lock.
             let meta = self
                 .backups
@@ -712,6 +726,7 @@ impl Deployer {
             pre = Some(meta);
         }
         if let Some(cmd) = &svc.deploy.migrate {
+            progress::say("migrate", cmd.join(" "));
             let mut new_svc = svc.clone();
             new_svc.image = image.to_string();
             self.migrate(cfg, &new_svc, cmd).await?;
@@ -737,31 +752,52 @@ impl Deployer {
             .context("creating the migration container")?;
         let r = async {
             engine.start_container(&id).await?;
-            let deadline = tokio::time::Instant::now() + MIGRATION_LIMIT;
-            loop {
-                let d = engine.inspect_container(&id).await?;
-                if !d.running
-                    && d.finished_at
-                        .as_deref()
-                        .is_some_and(|f| !f.starts_with("0001"))
-                {
-                    let code = d.exit_code.unwrap_or(-1);
-                    if code == 0 {
-                        return anyhow::Ok(());
+            // Its output, line by line, to whoever waits for the deploy.
+            let mut output = engine.logs(&id, None, true);
+            let follow = async move {
+                while let Some(Ok(chunk)) = output.next().await {
+                    let bytes = match chunk {
+                        berth_engine::Output::Stdout(b) | berth_engine::Output::Stderr(b) => b,
+                    };
+                    for line in String::from_utf8_lossy(&bytes).lines() {
+                        progress::say("migrate", line.to_string());
                     }
-                    let logs = tail_logs(engine, &id, 5).await;
-                    bail!(
-                        "migration {:?} failed (exit code {code}): {logs}",
-                        cmd.join(" ")
-                    );
                 }
-                if tokio::time::Instant::now() > deadline {
-                    bail!(
-                        "migration {:?} still running after 10 minutes",
-                        cmd.join(" ")
-                    );
+            };
+            let deadline = tokio::time::Instant::now() + MIGRATION_LIMIT;
+            let done = async {
+                loop {
+                    let d = engine.inspect_container(&id).await?;
+                    if !d.running
+                        && d.finished_at
+                            .as_deref()
+                            .is_some_and(|f| !f.starts_with("0001"))
+                    {
+                        let code = d.exit_code.unwrap_or(-1);
+                        if code == 0 {
+                            return anyhow::Ok(());
+                        }
+                        let logs = tail_logs(engine, &id, 5).await;
+                        bail!(
+                            "migration {:?} failed (exit code {code}): {logs}",
+                            cmd.join(" ")
+                        );
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        bail!(
+                            "migration {:?} still running after 10 minutes",
+                            cmd.join(" ")
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            // The output runs beside the wait; it never holds the wait up.
+            tokio::pin!(done);
+            tokio::select! {
+                biased;
+                r = &mut done => r,
+                () = follow => done.await,
             }
         }
         .await;

@@ -13,6 +13,7 @@ use tracing::info;
 use crate::hub::Hub;
 use crate::io::containers::started_at;
 use crate::io::probe;
+use crate::progress;
 
 /// How often a starting service is probed until it first passes.
 pub const FAST_PROBE: Duration = Duration::from_millis(100);
@@ -37,6 +38,8 @@ pub async fn until_healthy(
     let deadline = tokio::time::Instant::now()
         .checked_add(timeout)
         .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
+    let began = tokio::time::Instant::now();
+    let mut told = began;
     loop {
         let r = probe::run(hub.engine.as_ref(), p, &details.id, ip).await;
         let gone = hub.read(|s| {
@@ -50,6 +53,10 @@ pub async fn until_healthy(
         }
         if r.ok {
             info!(service = %name, latency_ms = r.latency.as_millis() as u64, "healthy");
+            progress::say(
+                "health",
+                format!("{name}: healthy after {} ms", began.elapsed().as_millis()),
+            );
             hub.update_service(name, |s| {
                 s.state = State::Running;
                 s.health = Health::Healthy;
@@ -58,6 +65,18 @@ pub async fn until_healthy(
             return Ok(());
         }
         hub.update_service(name, |s| s.probe = Some(r.view()));
+        if told.elapsed() >= Duration::from_secs(1) {
+            told = tokio::time::Instant::now();
+            progress::say(
+                "health",
+                format!(
+                    "{name}: waiting {} s of {}: {}",
+                    began.elapsed().as_secs(),
+                    humantime::format_duration(timeout),
+                    r.error.as_deref().unwrap_or("not yet")
+                ),
+            );
+        }
         if tokio::time::Instant::now() >= deadline {
             hub.update_service(name, |s| {
                 s.state = State::Running;

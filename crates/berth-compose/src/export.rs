@@ -100,6 +100,22 @@ pub fn compose(cfg: &Config) -> String {
             m.insert(s(k), v);
         };
         put("image", s(svc.image.as_str()));
+        if let Some(b) = &svc.build {
+            let mut bm = Mapping::new();
+            bm.insert(s("context"), s(b.context.display().to_string().as_str()));
+            bm.insert(s("dockerfile"), s(b.dockerfile.as_str()));
+            if let Some(t) = &b.target {
+                bm.insert(s("target"), s(t.as_str()));
+            }
+            if !b.args.is_empty() {
+                let mut args = Mapping::new();
+                for (k, v) in &b.args {
+                    args.insert(s(k.as_str()), s(v.as_str()));
+                }
+                bm.insert(s("args"), Value::Mapping(args));
+            }
+            put("build", Value::Mapping(bm));
+        }
         if let Some(c) = &svc.entrypoint {
             put("entrypoint", seq(c.iter().map(|w| s(template(w)))));
         }

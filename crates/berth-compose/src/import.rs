@@ -187,6 +187,7 @@ struct Cx<'a> {
 
 const SERVICE_KEYS: &[&str] = &[
     "image",
+    "build",
     "command",
     "entrypoint",
     "user",
@@ -295,16 +296,64 @@ impl Cx<'_> {
                 self.note(format!("{}: not supported: left out", key(k)));
             }
         }
-        if s.get("build").is_some() && s.get("image").is_none() {
-            self.note(format!(
-                "{}: berth runs images, it does not build them: build it (docker build -t NAME) and set image",
-                key("build")
-            ));
-        }
         let image = str_of(s.get("image"))
             .map(|i| self.interpolate(&key("image"), &i))
             .unwrap_or_else(|| format!("{name}:latest"));
         lines.push(format!("image = {}", q(&image)));
+        // `build:` (a context, or context/dockerfile/args/target): `berth deploy NAME
+        // --build` builds it and tags it with the context's git revision.
+        if let Some(b) = s.get("build") {
+            let (context, m) = match b {
+                Value::Mapping(m) => (
+                    str_of(m.get("context")).unwrap_or_else(|| ".".into()),
+                    Some(m),
+                ),
+                other => (scalar(other).unwrap_or_else(|| ".".into()), None),
+            };
+            let mut parts = vec![format!(
+                "context = {}",
+                q(&self.interpolate(&key("build.context"), &context))
+            )];
+            if let Some(m) = m {
+                if let Some(d) = str_of(m.get("dockerfile")) {
+                    parts.push(format!("dockerfile = {}", q(&d)));
+                }
+                if let Some(t) = str_of(m.get("target")) {
+                    parts.push(format!("target = {}", q(&t)));
+                }
+                let args: Vec<(String, String)> = match m.get("args") {
+                    Some(Value::Mapping(a)) => a
+                        .iter()
+                        .filter_map(|(k, v)| Some((scalar(k)?, scalar(v).unwrap_or_default())))
+                        .collect(),
+                    Some(Value::Sequence(a)) => a
+                        .iter()
+                        .filter_map(scalar)
+                        .map(|kv| match kv.split_once('=') {
+                            Some((k, v)) => (k.to_string(), v.to_string()),
+                            None => (kv, String::new()),
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                if !args.is_empty() {
+                    let kv: Vec<String> = args
+                        .iter()
+                        .map(|(k, v)| {
+                            format!("{} = {}", q(k), q(&self.interpolate(&key("build.args"), v)))
+                        })
+                        .collect();
+                    parts.push(format!("args = {{ {} }}", kv.join(", ")));
+                }
+            }
+            lines.push(format!("build = {{ {} }}", parts.join(", ")));
+            if s.get("image").is_none() {
+                self.note(format!(
+                    "{}: built images are tagged {name}:<git revision>; set image to name them otherwise",
+                    key("build")
+                ));
+            }
+        }
 
         for k in ["command", "entrypoint"] {
             if let Some(v) = s.get(k) {

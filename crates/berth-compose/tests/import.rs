@@ -134,7 +134,7 @@ secrets:
     for want in [
         "top-level `secrets:`",
         "services.web.privileged: not supported",
-        "build it",
+        "services.web.build: built images are tagged web:<git revision>",
         "8080:80 listens on every address",
         "9000 (a random host port) left out",
         "unknown service ghost",
@@ -144,6 +144,11 @@ secrets:
     }
     assert!(out.toml.contains("project = \"my-app\""), "{}", out.toml);
     assert!(out.toml.contains("MODE = \"prod\""), "{}", out.toml);
+    assert!(
+        out.toml.contains("build = { context = \".\" }"),
+        "{}",
+        out.toml
+    );
     berth_config::parse_str(Path::new("/srv/app/berth.toml"), &out.toml, &|_| None)
         .unwrap_or_else(|e| panic!("{e}\n{}", out.toml));
 }

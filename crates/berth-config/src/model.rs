@@ -140,6 +140,20 @@ pub struct Service {
     pub restart: RestartPolicy,
     pub logs: Logs,
     pub deploy: Deploy,
+    /// Where the image comes from when `berth deploy --build` builds it.
+    pub build: Option<Build>,
+}
+
+/// `[services.X.build]`. Not part of the container spec: a build makes an image, and the
+/// deploy of that image changes the container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Build {
+    /// The context folder, absolute (relative paths are the config file's).
+    pub context: PathBuf,
+    /// The Dockerfile's path inside the context.
+    pub dockerfile: String,
+    pub args: BTreeMap<String, String>,
+    pub target: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -61,6 +61,17 @@ pub struct RawService {
     pub restart: Option<RawRestart>,
     pub logs: Option<RawLogs>,
     pub deploy: Option<RawDeploy>,
+    pub build: Option<S<RawBuild>>,
+}
+
+/// `[services.X.build]`: build the image from source (`berth deploy X --build`).
+#[derive(Debug, Deserialize)]
+pub struct RawBuild {
+    pub context: S<String>,
+    pub dockerfile: Option<S<String>>,
+    #[serde(default)]
+    pub args: BTreeMap<String, S<String>>,
+    pub target: Option<S<String>>,
 }
 
 /// Sizes may be written as a number of bytes or as a string such as "512MiB".

@@ -609,6 +609,43 @@ fn service(
     };
     let command = words("command", &r.command);
     let entrypoint = words("entrypoint", &r.entrypoint);
+    let build = r.build.as_ref().map(|b| {
+        let b = b.get_ref();
+        let dockerfile = b
+            .dockerfile
+            .as_ref()
+            .map_or_else(|| "Dockerfile".to_string(), |d| d.get_ref().clone());
+        if let Some(d) = &b.dockerfile
+            && (d.get_ref().is_empty()
+                || Path::new(d.get_ref()).is_absolute()
+                || d.get_ref().split('/').any(|p| p == ".."))
+        {
+            cx.err(
+                &d.span(),
+                format!("{}: a path inside the context", key("build.dockerfile")),
+            );
+        }
+        let mut args = BTreeMap::new();
+        for (k, v) in &b.args {
+            let value = cx.value(&key(&format!("build.args.{k}")), v);
+            if value.secret {
+                cx.warn(
+                    &v.span(),
+                    format!(
+                        "{}: a build argument stays in the image's history for anyone who can pull it; pass secrets at run time (env)",
+                        key(&format!("build.args.{k}"))
+                    ),
+                );
+            }
+            args.insert(k.clone(), value.value);
+        }
+        Build {
+            context: resolve_path(path, b.context.get_ref()),
+            dockerfile,
+            args,
+            target: b.target.as_ref().map(|t| t.get_ref().clone()),
+        }
+    });
     Some(Service {
         name: n.clone(),
         image: r.image.get_ref().clone(),
@@ -629,6 +666,7 @@ fn service(
         restart,
         logs,
         deploy,
+        build,
     })
 }
 

@@ -514,6 +514,45 @@ impl Engine for DockerEngine {
         Ok(())
     }
 
+    async fn build_image(
+        &self,
+        context: Vec<u8>,
+        spec: &crate::BuildSpec,
+        progress: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<()> {
+        let opts = bollard::query_parameters::BuildImageOptions {
+            dockerfile: spec.dockerfile.clone(),
+            t: Some(spec.tag.clone()),
+            rm: true,
+            forcerm: true,
+            buildargs: Some(spec.args.clone().into_iter().collect()),
+            target: spec.target.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        let client = self.client().await?;
+        let mut stream = client.build_image(
+            opts,
+            None,
+            Some(bollard::body_full(bytes::Bytes::from(context))),
+        );
+        let what = format!("building {}", spec.tag);
+        while let Some(step) = stream.next().await {
+            let info = step.map_err(err(what.clone()))?;
+            if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                return Err(EngineError::Api {
+                    what,
+                    message: e.trim().to_string(),
+                });
+            }
+            if let Some(line) = info.stream {
+                for l in line.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+                    progress(l.to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn events(&self, label: &str, value: &str) -> BoxStream<'static, Result<Event>> {
         let mut filters = label_filter(label, value);
         filters.insert("type".into(), vec!["container".into()]);

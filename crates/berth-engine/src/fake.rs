@@ -1033,6 +1033,22 @@ impl Engine for FakeEngine {
         })
     }
 
+    async fn build_image(
+        &self,
+        _context: Vec<u8>,
+        spec: &crate::BuildSpec,
+        progress: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<()> {
+        let call = Call::Pull {
+            image: spec.tag.clone(),
+        };
+        progress(format!("Successfully tagged {}", spec.tag));
+        self.op(call, |st, _| {
+            st.images.insert(normalise_image(&spec.tag));
+            Ok(())
+        })
+    }
+
     async fn pull_image(
         &self,
         image: &str,

@@ -38,6 +38,16 @@ impl EngineError {
 
 pub type Result<T> = std::result::Result<T, EngineError>;
 
+/// What to build: the tag to give the image, the Dockerfile's path in the context,
+/// build arguments and the stage to stop at.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BuildSpec {
+    pub tag: String,
+    pub dockerfile: String,
+    pub args: BTreeMap<String, String>,
+    pub target: Option<String>,
+}
+
 /// Credentials for one registry. Its `Debug` never shows the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RegistryAuth {
@@ -191,6 +201,14 @@ pub trait Engine: Send + Sync + 'static {
         &self,
         image: &str,
         auth: Option<&RegistryAuth>,
+        progress: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<()>;
+    /// Builds an image from `context` (a tar of the build context) as `spec` says; each
+    /// line the build prints goes to `progress`. A failed step is an error naming it.
+    async fn build_image(
+        &self,
+        context: Vec<u8>,
+        spec: &BuildSpec,
         progress: &(dyn Fn(String) + Send + Sync),
     ) -> Result<()>;
     /// Container events for containers carrying `label=value`, as they happen. The stream

@@ -135,7 +135,13 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
         service: String,
-        image: String,
+        /// The image to deploy (not with --build)
+        #[arg(required_unless_present = "build", conflicts_with = "build")]
+        image: Option<String>,
+        /// Build the image from the service's [build] context first, tagged with its git
+        /// revision (else the time)
+        #[arg(long)]
+        build: bool,
         /// Skip the pre-deploy backup
         #[arg(long)]
         no_backup: bool,

@@ -89,18 +89,21 @@ fn main() -> ExitCode {
             config,
             service,
             image,
+            build,
             no_backup,
             quiet,
-        } => with_config(&config, |cfg| {
-            cmd::deploy::deploy(
-                cfg,
-                api::DeployRequest {
-                    service,
-                    image,
-                    backup: !no_backup,
-                },
-                quiet,
-            )
+        } => with_config(&config, |cfg| async move {
+            match image {
+                Some(image) if !build => {
+                    let req = api::DeployRequest {
+                        service,
+                        image,
+                        backup: !no_backup,
+                    };
+                    cmd::deploy::deploy(cfg, req, quiet).await
+                }
+                _ => cmd::deploy::deploy_build(cfg, service, !no_backup, quiet).await,
+            }
         }),
         Command::Rollback {
             config,

@@ -1,6 +1,7 @@
 //! `berth deploy`, `rollback`, `stop`, `start` and `restart`: all go through the running
 //! daemon.
 
+use anyhow::Context as _;
 use berth_config::Config;
 use berth_core::deploy::Record;
 
@@ -103,4 +104,71 @@ pub async fn restart(cfg: Config, service: String) -> anyhow::Result<()> {
         r.down_ms, r.status.health
     );
     Ok(())
+}
+
+/// `berth deploy SERVICE --build`: builds the image from `[services.X.build]` through the
+/// engine (the build's output shown as steps), tags it with the context's revision, then
+/// deploys it like any image. A failed build changes nothing.
+pub async fn deploy_build(
+    cfg: Config,
+    service: String,
+    backup: bool,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    use crate::io::build;
+    let svc = cfg
+        .services
+        .get(&service)
+        .with_context(|| format!("no service {service:?} in the config"))?;
+    let b = svc.build.as_ref().with_context(|| {
+        format!("{service} has no [services.{service}.build]: add context = \"path/to/source\"")
+    })?;
+    let (repo, _) = berth_engine::split_reference(&svc.image);
+    let tag = format!(
+        "{repo}:{}",
+        build::revision(&b.context, std::time::SystemTime::now())
+    );
+    let shown = std::sync::Mutex::new(Shown::new(quiet));
+    let say = |step: &str, detail: String| {
+        if let Ok(mut s) = shown.lock() {
+            s.show(&crate::progress::Step {
+                step: step.to_string(),
+                detail,
+            });
+        }
+    };
+    say(
+        "build",
+        format!("{} ({}) as {tag}", b.context.display(), b.dockerfile),
+    );
+    let context = build::context_tar(&b.context, &b.dockerfile)
+        .with_context(|| format!("the build context {}", b.context.display()))?;
+    say("build", format!("context: {} bytes", context.len()));
+    let spec = berth_engine::BuildSpec {
+        tag: tag.clone(),
+        dockerfile: b.dockerfile.clone(),
+        args: b.args.clone(),
+        target: b.target.clone(),
+    };
+    let engine = crate::cmd::connect().await?;
+    engine
+        .build_image(context, &spec, &|line| say("build", line))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the build of {service} failed ({}): nothing was changed",
+                crate::redact::scrub(&e.to_string())
+            )
+        })?;
+    drop(shown);
+    deploy(
+        cfg,
+        DeployRequest {
+            service,
+            image: tag,
+            backup,
+        },
+        quiet,
+    )
+    .await
 }

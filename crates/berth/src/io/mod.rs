@@ -2,6 +2,7 @@
 //! S3 requests and host figures. Nothing here knows about tasks or the snapshot.
 
 pub mod backup;
+pub mod build;
 pub mod containers;
 pub mod crypt;
 pub mod host;

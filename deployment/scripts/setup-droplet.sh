@@ -142,20 +142,36 @@ fi
 
 # The TCP ports sshd accepts connections on: its effective config first, then its
 # listening sockets. The firewall must never be enabled without them.
+# Every source is asked, and none may stop the others (each pipeline ends in `|| true`:
+# under `set -e` a failing `sshd -T` would otherwise end the whole list).
 sshd_ports() {
     local sshd
     sshd=$(command -v sshd || echo /usr/sbin/sshd)
     if [ -x "$sshd" ]; then
-        "$sshd" -T 2> /dev/null | awk '$1 == "port" { print $2 }'
+        "$sshd" -T 2> /dev/null | awk '$1 == "port" { print $2 }' || true
     fi
     if command -v ss > /dev/null; then
-        ss -Htlnp 2> /dev/null | awk '/"sshd"/ { n = split($4, a, ":"); print a[n] }'
+        ss -Htlnp 2> /dev/null | awk '/"sshd"/ { n = split($4, a, ":"); print a[n] }' || true
+    fi
+    # Socket-activated sshd (Ubuntu 22.10+): the socket unit, when it is the one in use,
+    # holds the port.
+    if command -v systemctl > /dev/null && systemctl is-active --quiet ssh.socket 2> /dev/null; then
+        systemctl show -p Listen --value ssh.socket 2> /dev/null \
+            | grep -oE '[0-9]+ \(Stream\)' | grep -oE '^[0-9]+' || true
+    fi
+    # The session this script runs in, if it came over SSH: its server port.
+    if [ -n "${SSH_CONNECTION:-}" ]; then
+        awk '{ print $4 }' <<< "$SSH_CONNECTION" || true
     fi
 }
-mapfile -t ssh_ports < <({ sshd_ports; [ -z "$extra_ssh_port" ] || echo "$extra_ssh_port"; } | sort -un)
+mapfile -t ssh_ports < <({ sshd_ports; [ -z "$extra_ssh_port" ] || echo "$extra_ssh_port"; } | grep -E '^[0-9]+$' | sort -un || true)
 if ((${#ssh_ports[@]} == 0)); then
-    echo "warning: could not read sshd's port (sshd -T, ss); letting 22/tcp in: pass --ssh-port if SSH listens elsewhere" >&2
-    ssh_ports=(22)
+    if ((dry_run)); then
+        echo "warning: could not find the port SSH listens on (sshd -T, ss, ssh.socket, SSH_CONNECTION); a real run stops here without --ssh-port" >&2
+        ssh_ports=(22)
+    else
+        die "could not find the port SSH listens on (sshd -T, ss, ssh.socket, SSH_CONNECTION): pass --ssh-port PORT, or the firewall could lock you out"
+    fi
 fi
 
 # --- the machine -----------------------------------------------------------------------
@@ -208,6 +224,9 @@ say "$etc: config and secrets"
 run install -d -m 0700 "$etc"
 if [ -e "$etc/berth.toml" ]; then
     echo "$etc/berth.toml exists: kept"
+    if ! grep -q 'REDIS_PASSWORD' "$etc/berth.toml"; then
+        echo "warning: $etc/berth.toml gives Redis no password (any local user can reach it over the Docker network): see config/berth.toml's [services.redis] and deployment/redis/redis.conf, which use REDIS_PASSWORD from $env_file" >&2
+    fi
 else
     run install -m 0600 "$config" "$etc/berth.toml"
 fi

@@ -32,7 +32,7 @@ pub async fn ensure_image(engine: &dyn Engine, cfg: &Config, image: &str) -> any
                     "pulling {image}: {host} refused the credentials from {from}: check the user name and that the token may read packages"
                 ),
                 None => format!(
-                    "pulling {image}: {host} wants credentials and berth has none: add [registries.{host:?}] with username and password = \"${{TOKEN}}\" (the token in the env file), or `docker login {host}` as root"
+                    "pulling {image}: {host} wants credentials and berth has none: add [registries.{host:?}] with username and password = \"${{TOKEN}}\" (the token in the env file), or `docker login {host}` as root, then systemctl restart berth"
                 ),
             });
         }

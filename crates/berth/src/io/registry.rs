@@ -204,9 +204,9 @@ pub fn is_auth_error(message: &str) -> bool {
         "unauthorized",
         "authentication required",
         "no basic auth credentials",
-        "denied",
-        "401",
-        "403",
+        "access to the resource is denied",
+        "access denied",
+        "forbidden",
     ]
     .iter()
     .any(|k| m.contains(k))

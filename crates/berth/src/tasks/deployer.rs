@@ -74,6 +74,8 @@ pub struct Deployer {
     /// Versions of the state: the newest written wins, whatever order the writes end in.
     version: AtomicU64,
     written: tokio::sync::Mutex<u64>,
+    /// One change of `held.json` at a time (its set is read, changed and written whole).
+    held: tokio::sync::Mutex<()>,
 }
 
 struct Frozen {
@@ -127,6 +129,7 @@ impl Deployer {
             frozen: Mutex::new(frozen),
             version: AtomicU64::new(0),
             written: tokio::sync::Mutex::new(0),
+            held: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -360,6 +363,7 @@ impl Deployer {
         self.frozen()?;
         let service_lock = self.service_lock(service);
         let _this = service_lock.lock().await;
+        self.not_kept_down(service)?;
         let hub = &self.hub;
         let cfg = hub.config();
         let svc = service_config(&cfg, service)?;
@@ -569,6 +573,7 @@ impl Deployer {
         let Ok(_one) = service_lock.try_lock() else {
             bail!("a deploy of {service} is under way: the change follows it");
         };
+        self.not_kept_down(service)?;
         let hub = &self.hub;
         let cfg = hub.config();
         let svc = service_config(&cfg, service)?;
@@ -852,6 +857,7 @@ impl Deployer {
         self.frozen()?;
         let service_lock = self.service_lock(service);
         let _this = service_lock.lock().await;
+        self.not_kept_down(service)?;
         let hub = &self.hub;
         let started = Instant::now();
         let cfg = hub.config();

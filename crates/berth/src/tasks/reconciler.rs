@@ -331,6 +331,11 @@ impl Reconciler {
         let mut id = existing;
         let mut started = false;
         for a in &actions {
+            // Held since the pass was planned (a `berth stop`, a deploy that began while
+            // this pass waited for dependencies): the holder's now, not this pass's.
+            if hub.is_held(name) {
+                return Ok(());
+            }
             match a {
                 Action::CreateContainer { .. } => {
                     let spec = spec::container_spec(cfg, svc);

@@ -337,7 +337,14 @@ async fn restart_after(
         return;
     }
     info!(service = %service, container = %short(&id), "restarting");
-    if let Err(e) = hub.engine.start_container(&id).await {
+    let started = hub.engine.start_container(&id).await;
+    // `berth stop` came while the start was on its way: it stays down.
+    if started.is_ok() && hub.kept_down().contains(&service) {
+        hub.expect_stop(&id);
+        let _ = hub.engine.stop_container(&id, svc.stop_grace_period).await;
+        return;
+    }
+    if let Err(e) = started {
         warn!(service = %service, error = %e, "restart failed; reconciling");
         hub.request_reconcile();
         return;

@@ -1211,8 +1211,19 @@ async fn berth_restart_stops_then_starts_the_same_container() {
     assert!(k.fake.calls().len() > before);
     assert_eq!(k.hub.read(|s| s.services["bot"].restarts), 0, "not a crash");
     assert!(!k.hub.is_held("bot"));
-    // Held by berth stop: refused.
+    // Held by berth stop: restart, deploy and rollback refused, nothing touched.
     k.deployer.stop_service("bot").await.expect("stopped");
     let e = k.deployer.restart_service("bot").await.unwrap_err();
     assert!(e.to_string().contains("berth start bot"), "{e}");
+    let calls = k.fake.calls().len();
+    let e = k
+        .deployer
+        .deploy("bot", "bot:2", false, Turn::Refuse)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("held down by berth stop"), "{e}");
+    let e = k.deployer.rollback("bot", false).await.unwrap_err();
+    assert!(e.to_string().contains("held down by berth stop"), "{e}");
+    assert_eq!(k.fake.calls().len(), calls, "no engine call");
+    assert!(!k.running("p-bot"));
 }

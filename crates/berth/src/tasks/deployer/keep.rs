@@ -25,8 +25,12 @@ impl Deployer {
         Ok(self.service_lock(service))
     }
 
-    fn save_kept(&self) -> anyhow::Result<()> {
-        statefile::save_held(&self.state_dir(), &self.hub.kept_down())
+    /// A service `berth stop` holds is no deploy's, rollback's or change's to touch.
+    pub(super) fn not_kept_down(&self, service: &str) -> anyhow::Result<()> {
+        if self.hub.kept_down().contains(service) {
+            bail!("{service} is held down by berth stop: berth start {service} first");
+        }
+        Ok(())
     }
 
     fn status(&self, service: &str) -> ServiceStatus {
@@ -42,10 +46,13 @@ impl Deployer {
         let Ok(_one) = lock.try_lock() else {
             bail!("a deploy or change of {service} is under way: stop it when that is over");
         };
-        self.hub.keep_down(service);
-        if let Err(e) = self.save_kept() {
-            self.hub.release(service);
-            return Err(e.context(format!("{service} not stopped")));
+        {
+            let _one_writer = self.held.lock().await;
+            let mut kept = self.hub.kept_down();
+            kept.insert(service.to_string());
+            statefile::save_held(&self.state_dir(), &kept)
+                .with_context(|| format!("{service} not stopped"))?;
+            self.hub.keep_down(service);
         }
         self.stop_kept(service).await?;
         info!(service, "held down: berth start {service} releases it");
@@ -57,6 +64,12 @@ impl Deployer {
         let hub = &self.hub;
         let cfg = hub.config();
         let svc = service_config(&cfg, service)?;
+        // Held first: whatever happens next, nothing supervises it as running.
+        hub.update_service(service, |s| {
+            s.state = State::Stopped;
+            s.health = Health::Unknown;
+            s.held = true;
+        });
         let id = match hub
             .engine
             .inspect_container(&cfg.container_name(service))
@@ -67,7 +80,12 @@ impl Deployer {
                 Some(d.id)
             }
             // No container: nothing runs, and nothing will be created while held.
-            Err(_) => None,
+            Err(e) if e.is_not_found() => None,
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "{service} is held, but its container could not be checked: run berth stop {service} again once the engine answers"
+                )));
+            }
         };
         hub.update_service(service, |s| {
             s.state = State::Stopped;
@@ -135,12 +153,24 @@ impl Deployer {
 
     /// `berth start SERVICE`: releases it and waits until it is healthy.
     pub async fn start_service(&self, service: &str) -> anyhow::Result<ServiceStatus> {
+        // A service held, then removed from the config: releasing it is all there is.
+        if !self.hub.config().services.contains_key(service)
+            && self.hub.kept_down().contains(service)
+        {
+            let _one_writer = self.held.lock().await;
+            let mut rest = self.hub.kept_down();
+            rest.remove(service);
+            statefile::save_held(&self.state_dir(), &rest)?;
+            self.hub.release(service);
+            bail!("{service} is no longer in the config: its hold is released");
+        }
         let lock = self.busy(service)?;
         let Ok(one) = lock.try_lock() else {
             bail!("a deploy or change of {service} is under way");
         };
         let was_kept = self.hub.kept_down().contains(service);
         if was_kept {
+            let _one_writer = self.held.lock().await;
             let mut rest = self.hub.kept_down();
             rest.remove(service);
             statefile::save_held(&self.state_dir(), &rest)

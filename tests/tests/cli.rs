@@ -130,4 +130,15 @@ fn ssh_command_runs_only_what_it_allows() {
     }
     let out = run(Some("status"));
     assert_eq!(out.status.code(), Some(3), "status ran: no daemon answers");
+    // The key deploys new tags of the service's own image only.
+    let out = run(Some("deploy bot evil.example.com/bot:2"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("refused: bot deploys only bot:TAG"), "{err}");
+    let out = run(Some("deploy bot bot:2"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("through the running daemon"),
+        "allowed, then no daemon: {err}"
+    );
 }

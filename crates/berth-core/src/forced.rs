@@ -140,6 +140,14 @@ fn service_name(s: &str) -> Result<String, Refused> {
 /// An image reference: `[registry[:port]/]path[:tag][@sha256:digest]`, lowercase path.
 fn image_ref(s: &str) -> Result<String, Refused> {
     const BAD: Refused = Refused("not an image reference (registry/name:tag)");
+    // An image id (or its prefix) would name whatever image the host has.
+    let bare = s.split([':', '@']).next().unwrap_or(s);
+    if s.starts_with("sha256:") || (bare.len() >= 12 && bare.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(Refused(
+            "an image id is not allowed here: name the image (registry/name:tag)",
+        ));
+    }
     let (rest, digest) = match s.split_once('@') {
         Some((r, d)) => (r, Some(d)),
         None => (s, None),
@@ -308,6 +316,10 @@ mod tests {
             Some("deploy bot bot:"),
             Some("deploy bot //bot"),
             Some("deploy bot bot@sha256:xyz"),
+            Some(
+                "deploy bot sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            ),
+            Some("deploy bot 0123456789ab"),
             Some("restore latest --yes"),
             Some("backup"),
             Some("rotate-secret POSTGRES_PASSWORD"),

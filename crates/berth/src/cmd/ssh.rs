@@ -28,16 +28,23 @@ fn run(config: &ConfigArg, allowed: Allowed) -> ExitCode {
             service,
             image,
             backup,
-        } => with_config(config, |cfg| {
-            cmd::deploy::deploy(
-                cfg,
-                api::DeployRequest {
-                    service,
-                    image,
-                    backup,
-                },
-                false,
-            )
+        } => with_config(config, |cfg| async move {
+            // The key deploys new tags of the service's own image, nothing else.
+            let svc = cfg
+                .services
+                .get(&service)
+                .ok_or_else(|| anyhow::anyhow!("refused: no service {service:?}"))?;
+            let name = |r: &str| berth_engine::split_reference(r.split('@').next().unwrap_or(r)).0;
+            let (want, got) = (name(&svc.image), name(&image));
+            if got != want {
+                anyhow::bail!("refused: {service} deploys only {want}:TAG from this key");
+            }
+            let req = api::DeployRequest {
+                service,
+                image,
+                backup,
+            };
+            cmd::deploy::deploy(cfg, req, false).await
         }),
         Allowed::Rollback { service } => with_config(config, |cfg| {
             let req = api::RollbackRequest {

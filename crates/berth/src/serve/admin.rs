@@ -19,7 +19,7 @@ use axum::response::{IntoResponse as _, Response};
 use axum::routing::post;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt};
 
 use crate::api::{
     ChannelTest, DeployRequest, Reply, Restarted, RestoreRequest, RollbackRequest, ServiceRequest,
@@ -213,26 +213,7 @@ pub async fn request<B: Serialize, T: DeserializeOwned>(
     path: &str,
     body: &B,
 ) -> Option<anyhow::Result<T>> {
-    let mut s = tokio::net::UnixStream::connect(socket).await.ok()?;
-    let r = async {
-        let body = serde_json::to_string(body)?;
-        s.write_all(
-            format!(
-                "POST {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        )
-        .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        let text = String::from_utf8_lossy(&buf);
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        let reply: Reply<T> = serde_json::from_str(body)
-            .map_err(|e| anyhow::anyhow!("the daemon answered something unexpected: {e}"))?;
-        reply.into_result()
-    };
-    Some(r.await)
+    request_progress(socket, path, body, &mut |_| {}).await
 }
 
 /// Like [`request`], with each step of the operation handed to `shown` as it happens.

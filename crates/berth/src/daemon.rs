@@ -86,6 +86,7 @@ pub async fn run(file: Config, path: PathBuf) -> anyhow::Result<()> {
     // What `berth stop` held stays held: the first convergence must not start it.
     deployer.restore_held();
     let (restarter, restarter_task) = Restarter::start(hub.clone());
+    deployer.set_restarter(restarter.clone());
     let reconciler = Reconciler::new(hub.clone(), restarter.clone(), deployer.clone());
 
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);

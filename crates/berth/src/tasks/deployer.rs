@@ -76,6 +76,8 @@ pub struct Deployer {
     written: tokio::sync::Mutex<u64>,
     /// One change of `held.json` at a time (its set is read, changed and written whole).
     held: tokio::sync::Mutex<()>,
+    /// The restarter, told to forget a service's crashes when `berth start` releases it.
+    restarter: std::sync::OnceLock<crate::tasks::restarter::Restarter>,
 }
 
 struct Frozen {
@@ -130,7 +132,13 @@ impl Deployer {
             version: AtomicU64::new(0),
             written: tokio::sync::Mutex::new(0),
             held: tokio::sync::Mutex::new(()),
+            restarter: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The restarter of this daemon (made after the deployer).
+    pub fn set_restarter(&self, r: crate::tasks::restarter::Restarter) {
+        let _ = self.restarter.set(r);
     }
 
     /// The service's own lock.

@@ -36,6 +36,8 @@ enum Msg {
     Unhealthy { service: String, id: String },
     /// The service passed its probe: a crash loop may be over.
     Healthy { service: String },
+    /// A person started the service again (`berth start`): its crashes are history.
+    Forget { service: String },
 }
 
 /// The handle: cheap to clone; the task ends when every handle is gone.
@@ -73,6 +75,17 @@ impl Restarter {
             .send(Msg::Unhealthy {
                 service: service.into(),
                 id: id.into(),
+            })
+            .await;
+    }
+
+    /// Forgets the service's crashes and backoff: it starts at once, and its next crash
+    /// is a first one.
+    pub async fn forget(&self, service: &str) {
+        let _ = self
+            .tx
+            .send(Msg::Forget {
+                service: service.into(),
             })
             .await;
     }
@@ -189,6 +202,14 @@ impl Task {
                     info!(service = %service, "crash loop over");
                     self.hub.update_service(&service, |s| s.crashloop = false);
                 }
+            }
+            Msg::Forget { service } => {
+                self.book.remove(&service);
+                self.publish_backoffs();
+                self.hub.update_service(&service, |s| {
+                    s.crashloop = false;
+                    s.next_restart = None;
+                });
             }
         }
     }

@@ -53,6 +53,7 @@ fn kit_from(tables: &str, deploys: Result<DeployState, String>) -> Kit {
     let backups = Backups::new(hub.clone(), Arc::new(Notify::new()));
     let deployer = Deployer::new(hub.clone(), backups.clone(), file, deploys);
     let (restarter, _task) = Restarter::start(hub.clone());
+    deployer.set_restarter(restarter.clone());
     Kit {
         fake,
         hub,
@@ -1226,4 +1227,36 @@ async fn berth_restart_stops_then_starts_the_same_container() {
     assert!(e.to_string().contains("held down by berth stop"), "{e}");
     assert_eq!(k.fake.calls().len(), calls, "no engine call");
     assert!(!k.running("p-bot"));
+}
+
+/// `berth start` after a crash loop: the service starts at once, not after its backoff.
+#[tokio::test(start_paused = true)]
+async fn berth_start_forgets_a_crash_loop() {
+    let k = kit(
+        "[services.app]\nimage = \"app:1\"\nrestart = { initial_backoff = \"1s\", max_backoff = \"5m\", reset_after = \"60s\" }\n",
+    );
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    let run = tokio::spawn(k.reconciler().run(tx));
+    k.until(Duration::from_secs(10), "up", |k| k.running("p-app"))
+        .await;
+    k.subscribed().await;
+    for _ in 0..8 {
+        k.until(Duration::from_secs(600), "restarted", |k| {
+            k.running("p-app")
+        })
+        .await;
+        k.fake.crash("p-app", 1).expect("crash");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(k.hub.read(|s| s.services["app"].crashloop), "a crash loop");
+    k.deployer.stop_service("app").await.expect("stopped");
+    let started = tokio::time::Instant::now();
+    let st = k.deployer.start_service("app").await.expect("started");
+    assert!(st.is_healthy() && !st.crashloop, "{st:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "started at once, not after a backoff of minutes: {:?}",
+        started.elapsed()
+    );
+    run.abort();
 }

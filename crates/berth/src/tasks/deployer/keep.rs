@@ -180,6 +180,10 @@ impl Deployer {
                 s.state = State::Exited;
                 s.health = Health::Unhealthy;
             });
+            // A crash loop before the stop is no reason to wait now.
+            if let Some(r) = self.restarter.get() {
+                r.forget(service).await;
+            }
             self.hub.release(service);
             info!(service, "released: starting it");
         }

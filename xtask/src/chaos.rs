@@ -1101,8 +1101,21 @@ fn backup(run: &Arc<Run>) -> (String, Manifest) {
 }
 
 fn restore(run: &Arc<Run>) -> (String, Manifest) {
-    let Some((id, started)) = run.st().backups.last().map(|(i, s, _)| (i.clone(), *s)) else {
-        return ("skipped: no backup of this run yet".into(), Manifest::Done);
+    // A fresh backup at the quiet point, so the updates a restore rolls back are those of a
+    // few seconds (an older one may also be gone by retention).
+    let before = now_ms();
+    let (taken, _) = backup(run);
+    let Some((id, started)) = run
+        .st()
+        .backups
+        .last()
+        .filter(|(_, s, _)| *s >= before)
+        .map(|(i, s, _)| (i.clone(), *s))
+    else {
+        return (
+            format!("skipped: the backup before it did not succeed ({taken})"),
+            Manifest::Done,
+        );
     };
     // The window in which acknowledged updates may be missing afterwards: from the start of
     // the backup restored to the end of the restore (set below).

@@ -215,7 +215,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     );
 
     images::build_all()?;
-    let berth = cargo_build_release(&["berth"])?.join("berth");
+    let built = cargo_build_release(&["berth"])?.join("berth");
+    // A copy: a build during a long soak must not change the binary under test.
+    let berth = out.join("berth-under-test");
+    std::fs::copy(&built, &berth).context("copying the berth binary")?;
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);

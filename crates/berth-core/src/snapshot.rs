@@ -308,6 +308,20 @@ impl Snapshot {
                 held[0]
             ));
         }
+        // Stopped without `berth stop`: kept down for a moment by a restore (its
+        // dependants) or a replacement. Not down, but not everything runs either.
+        let paused: Vec<&str> = self
+            .services
+            .iter()
+            .filter(|(_, s)| s.state == State::Stopped && !s.held)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if !paused.is_empty() {
+            return Some(format!(
+                "stopped by berth while it restores or replaces something: {}",
+                paused.join(", ")
+            ));
+        }
         if let Some(e) = &self.config.error {
             return Some(format!(
                 "config reload rejected: {}",
@@ -503,12 +517,13 @@ mod tests {
                 None,
             ),
             (
-                "held is not down",
+                // Found by the chaos soak: /health said ok through a restore.
+                "stopped by berth for a restore: degraded, not down, never ok",
                 vec![running(false), held()],
                 true,
                 none,
-                Overall::Ok,
-                None,
+                Overall::Degraded,
+                Some("stopped by berth while it restores or replaces something: s1"),
             ),
             (
                 "held down by berth stop: degraded, not down",

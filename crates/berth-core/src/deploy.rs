@@ -132,6 +132,30 @@ pub struct Record {
     /// The backup restored into the database while rolling back, if one was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored: Option<String>,
+    /// When each step of the switch happened, in order (see [`Mark`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Mark>,
+}
+
+/// **API boundary** (deploy history): one step of a deploy's switch and when berth saw it
+/// happen, in milliseconds since the Unix epoch, so it lines up with engine events and
+/// the Bot API's own log. Names: `stop_requested`, `stopped` (the engine's stop
+/// returned), `start_requested`, `running` (the engine's start returned), `healthy`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Mark {
+    pub step: String,
+    pub unix_ms: u64,
+}
+
+impl Mark {
+    pub fn new(step: &str, at: std::time::SystemTime) -> Self {
+        Mark {
+            step: step.to_string(),
+            unix_ms: at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -434,6 +458,7 @@ mod tests {
             reason: None,
             backup: None,
             restored: None,
+            steps: Vec::new(),
         }
     }
 

@@ -234,6 +234,7 @@ fn deploy_outcomes_are_told_once_and_old_ones_never() {
         reason: Some("bot:2 did not pass its probe within 10s".into()),
         backup: None,
         restored: None,
+        steps: Vec::new(),
     };
     let mut s = snap(&[("bot", healthy())]);
     s.deploy.insert(

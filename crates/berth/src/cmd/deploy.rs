@@ -63,11 +63,26 @@ pub async fn rollback(
     Ok(())
 }
 
-/// ", service interrupted N ms" when the deploy record knows it.
+/// ", service interrupted N ms (stop …, start …, healthy …)" when the deploy record
+/// knows it: where the switch's time went.
 pub fn interruption(r: &Record) -> String {
-    r.interruption_ms
-        .map(|ms| format!(", service interrupted {ms} ms"))
-        .unwrap_or_default()
+    let Some(ms) = r.interruption_ms else {
+        return String::new();
+    };
+    let at = |step: &str| r.steps.iter().find(|m| m.step == step).map(|m| m.unix_ms);
+    let parts: Vec<String> = [
+        ("stop", "stop_requested", "stopped"),
+        ("start", "start_requested", "running"),
+        ("healthy after", "running", "healthy"),
+    ]
+    .iter()
+    .filter_map(|(what, from, to)| Some(format!("{what} {} ms", at(to)?.checked_sub(at(from)?)?)))
+    .collect();
+    if parts.is_empty() {
+        format!(", service interrupted {ms} ms")
+    } else {
+        format!(", service interrupted {ms} ms ({})", parts.join(", "))
+    }
 }
 
 /// Asks the daemon to act on one service.

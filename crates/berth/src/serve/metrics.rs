@@ -453,6 +453,7 @@ mod tests {
                 reason: None,
                 backup: None,
                 restored: None,
+                steps: Vec::new(),
             },
         );
         s.alerts.insert(

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use berth_config::{Config, Rollback, Service, Strategy};
-use berth_core::deploy::{DeployState, Outcome, Override, Record, Role, Step, Trigger};
+use berth_core::deploy::{DeployState, Mark, Outcome, Override, Record, Role, Step, Trigger};
 use berth_core::time::fmt_time;
 use futures::StreamExt as _;
 use tokio::sync::mpsc;
@@ -410,6 +410,7 @@ impl Deployer {
             reason: None,
             backup: None,
             restored: None,
+            steps: Vec::new(),
         };
         // Until a container changes, a failure leaves everything as it was.
         let pre = match self.prepare(&cfg, &svc, image, backup).await {
@@ -439,6 +440,7 @@ impl Deployer {
         let start_first = svc.deploy.strategy == Strategy::StartFirst;
         // When the old container stopped: the service is interrupted from then on.
         let mut stopped_at: Option<Instant> = None;
+        let mut steps = Vec::new();
         let r = async {
             if start_first {
                 // Overlap allowed: the new container must be healthy before the old stops.
@@ -481,16 +483,26 @@ impl Deployer {
                     ),
                 );
                 hub.expect_stop(old);
+                steps.push(Mark::new("stop_requested", SystemTime::now()));
                 hub.engine
                     .stop_container(old, svc.stop_grace_period)
                     .await?;
                 stopped_at = Some(Instant::now());
+                steps.push(Mark::new("stopped", SystemTime::now()));
             }
             progress::say("start", format!("{service} on {image}"));
-            gate::start_and_wait(hub, &new_svc, &new_id, svc.deploy.health_timeout).await?;
+            gate::start_and_wait_marked(
+                hub,
+                &new_svc,
+                &new_id,
+                svc.deploy.health_timeout,
+                &mut steps,
+            )
+            .await?;
             anyhow::Ok(new_id)
         }
         .await;
+        rec.steps = steps;
         let manual = svc.deploy.rollback == Rollback::Manual && !start_first;
         let finish = |mut rec: Record, outcome: Outcome, reason: Option<String>| {
             // When it ended: its pre-deploy backup is older.
@@ -624,6 +636,7 @@ impl Deployer {
             reason: None,
             backup: None,
             restored: None,
+            steps: Vec::new(),
         };
         ensure_image(hub.engine.as_ref(), &cfg, &svc.image).await?;
         let hold = hub.hold([service]);
@@ -914,6 +927,7 @@ impl Deployer {
             }),
             backup: None,
             restored: pre_deploy.as_ref().map(|m| m.id.clone()),
+            steps: Vec::new(),
         };
         let hold = hub.hold([service]);
         self.change(|d| d.in_flight = Some(record(svc.image.clone(), Outcome::InFlight, None)))

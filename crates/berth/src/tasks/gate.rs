@@ -2,10 +2,11 @@
 //! Used by convergence, restarts and deploys alike.
 
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::bail;
 use berth_config::Service;
+use berth_core::deploy::Mark;
 use berth_core::snapshot::{Health, State};
 use berth_engine::ContainerDetails;
 use tracing::info;
@@ -99,18 +100,33 @@ pub async fn start_and_wait(
     id: &str,
     timeout: Duration,
 ) -> anyhow::Result<()> {
+    start_and_wait_marked(hub, svc, id, timeout, &mut Vec::new()).await
+}
+
+/// [`start_and_wait`], noting `start_requested`, `running` and `healthy` in `steps`.
+pub async fn start_and_wait_marked(
+    hub: &Hub,
+    svc: &Service,
+    id: &str,
+    timeout: Duration,
+    steps: &mut Vec<Mark>,
+) -> anyhow::Result<()> {
     hub.update_service(&svc.name, |s| {
         s.container_id = Some(id.to_string());
         s.image = svc.image.clone();
         s.state = State::Starting;
         s.health = Health::Starting;
     });
+    steps.push(Mark::new("start_requested", SystemTime::now()));
     hub.engine.start_container(id).await?;
+    steps.push(Mark::new("running", SystemTime::now()));
     let details = hub.engine.inspect_container(id).await?;
     let ip = details.ips.get(&hub.config().network_name()).copied();
     hub.update_service(&svc.name, |s| {
         s.ip = ip;
         s.since = started_at(&details);
     });
-    until_healthy(hub, svc, &details, ip, timeout).await
+    until_healthy(hub, svc, &details, ip, timeout).await?;
+    steps.push(Mark::new("healthy", SystemTime::now()));
+    Ok(())
 }

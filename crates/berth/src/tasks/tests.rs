@@ -312,6 +312,19 @@ async fn a_deploy_that_works_keeps_the_old_container_as_previous() {
         "override in force"
     );
     assert_eq!(k.fake.running_containers().len(), 1);
+    // The switch's timeline, in order, for the history and the bench.
+    let steps: Vec<&str> = rec.steps.iter().map(|m| m.step.as_str()).collect();
+    assert_eq!(
+        steps,
+        [
+            "stop_requested",
+            "stopped",
+            "start_requested",
+            "running",
+            "healthy"
+        ]
+    );
+    assert!(rec.steps.windows(2).all(|w| w[0].unix_ms <= w[1].unix_ms));
 }
 
 /// A deploy of bot:1 → bot:2 was under way when berth died.
@@ -329,6 +342,7 @@ fn in_flight() -> DeployState {
             reason: None,
             backup: None,
             restored: None,
+            steps: Vec::new(),
         }),
         ..DeployState::default()
     }

@@ -1274,3 +1274,36 @@ async fn berth_start_forgets_a_crash_loop() {
     );
     run.abort();
 }
+
+/// A cold start makes a dependant's container while its dependency comes up; only the
+/// start waits for the dependency to be healthy.
+#[tokio::test(start_paused = true)]
+async fn a_dependant_is_created_early_and_started_only_after_its_dependency_is_healthy() {
+    let k = kit(
+        "[services.db]\nimage = \"db:1\"\nprobe = { exec = { command = [\"check\"] }, interval = \"1s\", start_timeout = \"30s\" }\n\n[services.bot]\nimage = \"bot:1\"\ndepends_on = [\"db\"]\n",
+    );
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r = ready.clone();
+    k.fake.set_exec_handler(move |c, _| {
+        (c.image == "db:1" && !r.load(std::sync::atomic::Ordering::SeqCst)).then(|| ExecResult {
+            exit_code: 1,
+            stdout: Vec::new(),
+            stderr: b"not ready".to_vec(),
+        })
+    });
+    let rec = k.reconciler();
+    let pass = tokio::spawn(async move { rec.converge().await });
+    k.until(Duration::from_secs(5), "bot created", |k| {
+        k.fake.container("p-bot").is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(k.running("p-db"));
+    assert!(
+        !k.running("p-bot"),
+        "started before its dependency was healthy"
+    );
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    pass.await.expect("joined").expect("converged");
+    assert!(k.running("p-bot"));
+}

@@ -950,7 +950,10 @@ fn switch_timeline(
     let mut rows: Vec<(String, i64)> = engine_events(label, from, now_ms())
         .into_iter()
         .filter(|(_, action, name)| {
-            name.contains("bot") && matches!(action.as_str(), "kill" | "die" | "stop" | "start")
+            // The bot's containers, not its one-off migration container.
+            name.contains("bot")
+                && !name.ends_with("-migrate")
+                && matches!(action.as_str(), "kill" | "die" | "stop" | "start")
         })
         .map(|(ms, action, _)| (format!("engine {action}"), rel(ms)))
         .collect();

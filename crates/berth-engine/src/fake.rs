@@ -322,6 +322,8 @@ struct State {
     logs: BTreeMap<String, Vec<Output>>,
     /// Container name or id → exit code on stop.
     stop_exit_codes: BTreeMap<String, i64>,
+    /// How long a stop takes to answer after the container's `die` (the engine's clean-up).
+    stop_cleanup: Duration,
 }
 
 struct Subscriber {
@@ -402,6 +404,12 @@ impl FakeEngine {
             st.run(idx, now);
         }
         Ok(st.containers[idx].id.clone())
+    }
+
+    /// Makes `stop_container` answer `d` after the container's `die` event, as the engine
+    /// does once it has cleaned the container up (unmounts, network).
+    pub fn set_stop_cleanup(&self, d: Duration) {
+        self.lock().stop_cleanup = d;
     }
 
     /// Makes `stop_container` end this container (name or full id) with `code` (e.g. 143
@@ -957,7 +965,12 @@ impl Engine for FakeEngine {
             st.emit(idx, "die", Some(code), now);
             st.emit(idx, "stop", None, now);
             Ok(())
-        })
+        })?;
+        let cleanup = self.lock().stop_cleanup;
+        if !cleanup.is_zero() {
+            tokio::time::sleep(cleanup).await;
+        }
+        Ok(())
     }
 
     async fn remove_container(&self, id: &str, force: bool) -> Result<()> {

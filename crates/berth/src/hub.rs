@@ -10,7 +10,7 @@ use berth_config::{Config, Service};
 use berth_core::snapshot::{ServiceStatus, Snapshot};
 use berth_core::{Held, Rejected};
 use berth_engine::Engine;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
 /// The monotonic clock the daemon's decisions get as `now`: tokio's, so tests under
 /// `tokio::time::pause()` move it.
@@ -35,6 +35,8 @@ pub struct Hub {
     kept_down: Mutex<std::collections::BTreeSet<String>>,
     /// Containers berth itself is stopping or removing: their `die` is not a crash.
     expected_stops: Mutex<HashMap<String, Instant>>,
+    /// Who waits for a container's `die` event (see [`Hub::when_dies`]).
+    die_waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     reconcile: Notify,
     /// The core loops' last sign of progress, and how long each may stay silent.
     beats: Mutex<BTreeMap<&'static str, (Instant, Duration)>>,
@@ -72,6 +74,7 @@ impl Hub {
             watched: Mutex::new(BTreeMap::new()),
             kept_down: Mutex::new(Default::default()),
             expected_stops: Mutex::new(HashMap::new()),
+            die_waiters: Mutex::new(HashMap::new()),
             reconcile: Notify::new(),
             beats: Mutex::new(BTreeMap::new()),
             rejected: Mutex::new(BTreeMap::new()),
@@ -304,6 +307,26 @@ impl Hub {
     /// Whether the `die` of `id` was expected (forgets it).
     pub fn take_expected_stop(&self, id: &str) -> bool {
         lock(&self.expected_stops).remove(id).is_some()
+    }
+
+    /// Resolves at the next `die` event of container `id` (full id), as the restarter
+    /// reads the event stream: the moment its process is gone, before the engine's
+    /// clean-up of it ends and a stop returns. Errs if [`Hub::died`] is told first by
+    /// someone else dropping the wait (never resolving is possible: pair it with the stop).
+    pub fn when_dies(&self, id: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.die_waiters)
+            .entry(id.to_string())
+            .or_default()
+            .push(tx);
+        rx
+    }
+
+    /// Container `id` died (or is known stopped): wakes and forgets its waiters.
+    pub fn died(&self, id: &str) {
+        for tx in lock(&self.die_waiters).remove(id).unwrap_or_default() {
+            let _ = tx.send(());
+        }
     }
 }
 

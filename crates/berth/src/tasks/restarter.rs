@@ -234,7 +234,10 @@ impl Task {
         };
         debug!(service = %service, action = %ev.action, container = %short(&ev.container_id), "event");
         match ev.action.as_str() {
-            "die" => self.on_die(service, ev).await,
+            "die" => {
+                self.hub.died(&ev.container_id);
+                self.on_die(service, ev).await
+            }
             "oom" => {
                 warn!(service = %service, container = %short(&ev.container_id), "container ran out of memory");
                 self.hub.update_service(&service, |s| s.oom_kills += 1);

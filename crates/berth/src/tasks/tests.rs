@@ -1307,3 +1307,51 @@ async fn a_dependant_is_created_early_and_started_only_after_its_dependency_is_h
     pass.await.expect("joined").expect("converged");
     assert!(k.running("p-bot"));
 }
+
+/// A deploy starts the new container at the old one's `die` event, while the engine is
+/// still cleaning the old one up, not when the stop answers: never two running at once.
+#[tokio::test(start_paused = true)]
+async fn a_deploy_starts_the_new_container_when_the_old_one_dies() {
+    let k = kit(BOT);
+    k.reconciler().converge().await.expect("first pass");
+    k.subscribed().await;
+    k.fake.add_image("bot:2");
+    k.fake.set_stop_cleanup(Duration::from_millis(500));
+    let rec = k
+        .deployer
+        .deploy("bot", "bot:2", false, Turn::Refuse)
+        .await
+        .expect("deployed");
+    assert_eq!(rec.outcome, Outcome::Deployed);
+    let at = |step: &str| {
+        rec.steps
+            .iter()
+            .find(|m| m.step == step)
+            .map(|m| m.unix_ms)
+            .unwrap_or_else(|| panic!("no {step} in {:?}", rec.steps))
+    };
+    // `died` is marked only when the `die` event beat the stop's answer.
+    assert!(at("died") <= at("start_requested"));
+    assert!(
+        at("start_requested") <= at("stopped"),
+        "the start waited for the stop: {:?}",
+        rec.steps
+    );
+    // The old container had ended (the fake ends it at `die`) before the start.
+    let starts: Vec<usize> = k
+        .fake
+        .calls()
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| matches!(c, Call::Start { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    let stop = k
+        .fake
+        .calls()
+        .iter()
+        .position(|c| matches!(c, Call::Stop { .. }))
+        .expect("a stop");
+    assert!(starts.last().is_some_and(|s| *s > stop));
+    assert_eq!(k.fake.running_containers().len(), 1);
+}

@@ -622,10 +622,10 @@ fn crash_restart(bin: &Path, dir: &Path, runs: usize) -> anyhow::Result<Result> 
         berth: b,
         anchor: a,
         unit: "ms",
-        goal: "≤ 0.8",
-        note:
-            "kill -9 of the main process → running, engine timestamps; anchor: `--restart=always`"
-                .into(),
+        // ≤ 0.8 was the goal for a standby container; measured, a standby's start is no
+        // faster than the same container's (the start itself bounds it), so none is kept.
+        goal: "≤ 1.0",
+        note: "kill -9 of the main process → running, engine timestamps; anchor: `--restart=always` on the same network; bound: the engine's clean-up of the exited container and its start on the network (berth asks ~3 ms after `die`)".into(),
     })
 }
 
@@ -1068,7 +1068,7 @@ fn deploy_gap(bin: &Path, dir: &Path, n: usize) -> anyhow::Result<(Result, Strin
             unit: "ms",
             goal: "≤ 0.7",
             note: format!(
-                "deploys bot:1↔bot:2, berth and compose alternately; longest time with no poll open; 409s: berth {berth_conflicts}, compose {compose_conflicts}. Both stop the old poller before starting the new one; berth has created the new container beforehand (see the timelines)"
+                "deploys bot:1↔bot:2, berth and compose alternately; longest time with no poll open; 409s: berth {berth_conflicts}, compose {compose_conflicts}. Both stop the old poller before starting the new one; berth has created the new container beforehand and starts it at the old one's `die` event. Floor: one container start on the network plus the bot's own start-up to its first poll (see the timelines)"
             ),
         },
         timeline,

@@ -324,6 +324,8 @@ struct State {
     stop_exit_codes: BTreeMap<String, i64>,
     /// How long a stop takes to answer after the container's `die` (the engine's clean-up).
     stop_cleanup: Duration,
+    /// How long an exec takes to answer (a probe of a hung or vanished container).
+    exec_delay: Duration,
 }
 
 struct Subscriber {
@@ -410,6 +412,11 @@ impl FakeEngine {
     /// does once it has cleaned the container up (unmounts, network).
     pub fn set_stop_cleanup(&self, d: Duration) {
         self.lock().stop_cleanup = d;
+    }
+
+    /// Makes every exec answer only after `d`, as a probe of a hung container does.
+    pub fn set_exec_delay(&self, d: Duration) {
+        self.lock().exec_delay = d;
     }
 
     /// Makes `stop_container` end this container (name or full id) with `code` (e.g. 143
@@ -1105,14 +1112,17 @@ impl Engine for FakeEngine {
             .and_then(|c| c.split_whitespace().next())
             .unwrap_or_default()
             .to_string();
-        let (container, scripted, handler) = self.op(call, |st, _| {
+        let (container, scripted, handler, delay) = self.op(call, |st, _| {
             let idx = st.running_one(id, &what)?;
             let c = st.containers[idx].clone();
             let scripted =
                 State::by_container(&st.exec_table, &c, |k| (k.to_string(), program.clone()))
                     .cloned();
-            Ok((c, scripted, st.exec_handler.clone()))
+            Ok((c, scripted, st.exec_handler.clone(), st.exec_delay))
         })?;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         // The handler runs without the lock: it may call the fake.
         let result = scripted
             .or_else(|| handler.and_then(|h| h(&container, cmd)))

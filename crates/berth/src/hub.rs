@@ -315,10 +315,14 @@ impl Hub {
     /// someone else dropping the wait (never resolving is possible: pair it with the stop).
     pub fn when_dies(&self, id: &str) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.die_waiters)
-            .entry(id.to_string())
-            .or_default()
-            .push(tx);
+        let mut waiters = lock(&self.die_waiters);
+        // Waiters that gave up (a gate whose container became healthy) go, so the map
+        // holds only live ones even for containers whose `die` is never seen.
+        waiters.retain(|_, txs| {
+            txs.retain(|t| !t.is_closed());
+            !txs.is_empty()
+        });
+        waiters.entry(id.to_string()).or_default().push(tx);
         rx
     }
 

@@ -41,8 +41,21 @@ pub async fn until_healthy(
         .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
     let began = tokio::time::Instant::now();
     let mut told = began;
+    // The container's `die` ends the wait at once: a probe of a dead container can hang
+    // for its whole timeout (an address nobody answers), and a rollback or restart waits.
+    let died = hub.when_dies(&details.id);
+    let died = async move {
+        if died.await.is_err() {
+            std::future::pending::<()>().await
+        }
+    };
+    tokio::pin!(died);
+    let exited = || anyhow::anyhow!("container exited while starting");
     loop {
-        let r = probe::run(hub.engine.as_ref(), p, &details.id, ip).await;
+        let r = tokio::select! {
+            r = probe::run(hub.engine.as_ref(), p, &details.id, ip) => r,
+            () = &mut died => return Err(exited()),
+        };
         let gone = hub.read(|s| {
             s.services.get(name).is_none_or(|s| {
                 s.container_id.as_deref() != Some(&details.id)
@@ -50,7 +63,7 @@ pub async fn until_healthy(
             })
         });
         if gone {
-            bail!("container exited while starting");
+            return Err(exited());
         }
         if r.ok {
             info!(service = %name, latency_ms = r.latency.as_millis() as u64, "healthy");
@@ -89,7 +102,10 @@ pub async fn until_healthy(
                 r.error.unwrap_or_default()
             );
         }
-        tokio::time::sleep(FAST_PROBE).await;
+        tokio::select! {
+            () = tokio::time::sleep(FAST_PROBE) => {}
+            () = &mut died => return Err(exited()),
+        }
     }
 }
 

@@ -89,6 +89,9 @@ struct Update {
     id: i64,
     sent_ms: u64,
     acked_ms: Option<u64>,
+    /// Still queued when the fake Bot API holding it was killed: it died with that process
+    /// (Telegram keeps its queue, the fake does not), so the bot never saw it.
+    dropped: bool,
 }
 
 #[derive(Default)]
@@ -102,6 +105,8 @@ struct State {
     refused_updates: u64,
     /// Index of the first update not yet known acknowledged.
     ack_next: usize,
+    /// When the fake Bot API last seen started (wall ms), which is also its first update id.
+    tg_started_ms: i64,
     /// (wall ms, pid): each start of berth.
     berth_starts: Vec<(u64, u32)>,
     /// (wall ms, status) of exits the run did not cause.
@@ -742,6 +747,7 @@ fn traffic(run: &Arc<Run>) {
                 id,
                 sent_ms,
                 acked_ms: None,
+                dropped: false,
             }),
             None => st.refused_updates += 1,
         }
@@ -758,8 +764,18 @@ fn sample_acks(run: &Run) -> Option<Value> {
     let v: Value = serde_json::from_str(&body).ok()?;
     let ms = now_ms();
     let confirmed = v["confirmed"].as_i64().unwrap_or(0);
+    let started = v["started_ms"].as_i64().unwrap_or(0);
     let mut st = run.st();
     let mut i = st.ack_next;
+    if started != st.tg_started_ms {
+        // A new fake Bot API (its ids start at its start time): what the killed one still
+        // held unconfirmed is gone, and the bot's next offset must not count as its ack.
+        st.tg_started_ms = started;
+        while i < st.updates.len() && st.updates[i].id < started {
+            st.updates[i].dropped = true;
+            i += 1;
+        }
+    }
     while i < st.updates.len() && st.updates[i].id < confirmed {
         st.updates[i].acked_ms = Some(ms);
         i += 1;
@@ -1309,7 +1325,8 @@ fn finish(
         "SELECT chat_id, (extract(epoch from first_seen) * 1000)::bigint FROM users",
     );
     let mut lat = Vec::new();
-    let (mut injected, mut acked, mut lost, mut excused) = (0u64, 0u64, 0u64, 0u64);
+    let (mut injected, mut acked, mut lost, mut excused, mut dropped) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
     match rows {
         Ok(rows) => {
             let handled: HashMap<i64, u64> = rows
@@ -1327,6 +1344,7 @@ fn finish(
                 if let Some(h) = handled.get(&u.chat) {
                     lat.push(h.saturating_sub(u.sent_ms));
                 }
+                dropped += u64::from(u.dropped);
                 let Some(ack) = u.acked_ms else { continue };
                 acked += 1;
                 if handled.contains_key(&u.chat) {
@@ -1475,7 +1493,8 @@ fn finish(
     let mut l = lat.clone();
     md.push_str(&format!(
         "\n## Traffic\n\n{RATE} updates/s: {injected} queued at the fake Bot API ({} refused while it was down), {acked} confirmed by the bot, \
-         {lost} confirmed but lost, {excused} confirmed and rolled back by a restore (accounted). \
+         {lost} confirmed but lost, {excused} confirmed and rolled back by a restore (accounted), \
+         {dropped} still queued in a fake Bot API when it was killed (gone with it, not confirmed). \
          409 conflicts: {}. `/health` lagged the engine (service down < 2 s, reported up) in {} samples.\n\n\
          Handling latency (queued → row in PostgreSQL), over the run: p50 {} ms, p99 {} ms, max {} ms ({} updates).\n",
         st.refused_updates,

@@ -243,8 +243,7 @@ async fn stop_all(hub: &Hub) {
     for name in cfg.start_order().into_iter().rev() {
         if let (Some(id), Some(svc)) = (hub.current_container(&name), cfg.services.get(&name)) {
             info!(service = %name, "stopping");
-            hub.expect_stop(&id);
-            if let Err(e) = hub.engine.stop_container(&id, svc.stop_grace_period).await {
+            if let Err(e) = hub.stop_container(&id, svc.stop_grace_period).await {
                 warn!(service = %name, error = %e, "stop failed");
             }
         }

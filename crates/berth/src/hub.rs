@@ -18,9 +18,14 @@ pub fn mono_now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// A stop berth asked for is forgotten after this long if its `die` never came (the
-/// container was already stopped).
+/// A stop berth asked for is forgotten after this long if its `die` never came and nobody
+/// said the stop answered (the longest grace period a stop may take).
 const EXPECTED_STOP_TTL: Duration = Duration::from_secs(600);
+
+/// How long after a stop answered its `die` may still be read from the event stream. The
+/// engine sends the `die` before the stop answers, so only the stream's own lag counts;
+/// a `die` later than this is a new one (a real crash), never this stop's.
+pub const EXPECTED_STOP_SETTLE: Duration = Duration::from_secs(10);
 
 pub struct Hub {
     pub engine: Arc<dyn Engine>,
@@ -34,6 +39,7 @@ pub struct Hub {
     /// `state_dir`): held like an operation's, without an end.
     kept_down: Mutex<std::collections::BTreeSet<String>>,
     /// Containers berth itself is stopping or removing: their `die` is not a crash.
+    /// Container id → until when its `die` counts as berth's own stop.
     expected_stops: Mutex<HashMap<String, Instant>>,
     /// Who waits for a container's `die` event (see [`Hub::when_dies`]).
     die_waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
@@ -296,17 +302,57 @@ impl Hub {
             .collect()
     }
 
-    /// berth is about to stop or remove container `id`: its `die` is no crash.
+    /// berth is about to stop or remove container `id`: its `die` is no crash. Pair it
+    /// with [`Hub::stop_answered`] once the engine has answered (or use
+    /// [`Hub::stop_container`] / [`Hub::remove_container`], which do both).
     pub fn expect_stop(&self, id: &str) {
         let now = mono_now();
         let mut e = lock(&self.expected_stops);
-        e.retain(|_, at| now.saturating_duration_since(*at) < EXPECTED_STOP_TTL);
-        e.insert(id.to_string(), now);
+        e.retain(|_, until| *until > now);
+        e.insert(id.to_string(), now + EXPECTED_STOP_TTL);
+    }
+
+    /// The engine answered berth's stop or removal of `id`, done or failed: its `die`, if
+    /// any, is already on the event stream. Without this a stop that never happened (the
+    /// engine unreachable, the container already down) hid the container's next real
+    /// crash for ten minutes (chaos soak, seed 42007927: PostgreSQL down, `/health` fine).
+    pub fn stop_answered(&self, id: &str) {
+        let settle = mono_now() + EXPECTED_STOP_SETTLE;
+        if let Some(until) = lock(&self.expected_stops).get_mut(id) {
+            *until = (*until).min(settle);
+        }
     }
 
     /// Whether the `die` of `id` was expected (forgets it).
     pub fn take_expected_stop(&self, id: &str) -> bool {
-        lock(&self.expected_stops).remove(id).is_some()
+        lock(&self.expected_stops)
+            .remove(id)
+            .is_some_and(|until| until > mono_now())
+    }
+
+    /// Stops container `id` as berth's own act: its `die` is no crash.
+    pub async fn stop_container(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> Result<(), berth_engine::EngineError> {
+        self.expect_stop(id);
+        let r = self.engine.stop_container(id, grace).await;
+        self.stop_answered(id);
+        r
+    }
+
+    /// Removes container `id` as berth's own act (forced: a running one is killed, and
+    /// that `die` is no crash).
+    pub async fn remove_container(
+        &self,
+        id: &str,
+        force: bool,
+    ) -> Result<(), berth_engine::EngineError> {
+        self.expect_stop(id);
+        let r = self.engine.remove_container(id, force).await;
+        self.stop_answered(id);
+        r
     }
 
     /// Resolves at the next `die` event of container `id` (full id), as the restarter
@@ -449,5 +495,26 @@ mod tests {
         hub.expect_stop("c");
         assert!(!hub.take_expected_stop("b"), "pruned");
         assert!(hub.take_expected_stop("c"));
+    }
+
+    /// A stop that answered without a `die` (it failed, or the container was down) does
+    /// not hide a crash that comes later.
+    #[tokio::test(start_paused = true)]
+    async fn an_expected_stop_ends_soon_after_the_stop_answered() {
+        let hub = hub();
+        hub.expect_stop("a");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(
+            hub.take_expected_stop("a"),
+            "a long grace period is still a stop"
+        );
+        hub.expect_stop("b");
+        hub.stop_answered("b");
+        tokio::time::advance(EXPECTED_STOP_SETTLE / 2).await;
+        assert!(hub.take_expected_stop("b"), "the die read a little late");
+        hub.expect_stop("c");
+        hub.stop_answered("c");
+        tokio::time::advance(EXPECTED_STOP_SETTLE + Duration::from_secs(1)).await;
+        assert!(!hub.take_expected_stop("c"), "a later die is a crash");
     }
 }

@@ -151,9 +151,7 @@ impl Backups {
             async {
                 for d in &deps {
                     if let (Some(id), Some(svc)) = (hub.current_container(d), cfg.services.get(d)) {
-                        hub.expect_stop(&id);
-                        hub.engine
-                            .stop_container(&id, svc.stop_grace_period)
+                        hub.stop_container(&id, svc.stop_grace_period)
                             .await
                             .or_else(ignore_not_found)?;
                         hub.update_service(d, |s| {

@@ -452,15 +452,11 @@ impl Deployer {
                 if let Err(e) =
                     gate::start_and_wait(hub, &new_svc, &new_id, svc.deploy.health_timeout).await
                 {
-                    hub.expect_stop(&new_id);
-                    let _ = hub.engine.remove_container(&new_id, true).await;
+                    let _ = hub.remove_container(&new_id, true).await;
                     return Err(e);
                 }
                 if let Some(old) = &old {
-                    hub.expect_stop(old);
-                    hub.engine
-                        .stop_container(old, svc.stop_grace_period)
-                        .await?;
+                    hub.stop_container(old, svc.stop_grace_period).await?;
                     hub.engine.rename_container(old, &previous_name).await?;
                 }
                 hub.engine.rename_container(&new_id, &name).await?;
@@ -482,17 +478,13 @@ impl Deployer {
                         humantime::format_duration(svc.stop_grace_period)
                     ),
                 );
-                hub.expect_stop(old);
                 steps.push(Mark::new("stop_requested", SystemTime::now()));
                 // The new one starts as soon as the old one's process is gone (its `die`
                 // event): the engine's stop returns only after its clean-up of the old
                 // container (unmounts, network), 100–200 ms later on this path.
                 let died = hub.when_dies(old);
                 let stop = async {
-                    let r = hub
-                        .engine
-                        .stop_container(old, svc.stop_grace_period)
-                        .await;
+                    let r = hub.stop_container(old, svc.stop_grace_period).await;
                     hub.died(old);
                     (r, SystemTime::now())
                 };
@@ -688,9 +680,7 @@ impl Deployer {
                 .engine
                 .create_container(&spec::container_spec(&cfg, &svc))
                 .await?;
-            hub.expect_stop(old_id);
-            hub.engine
-                .stop_container(old_id, old_svc.stop_grace_period)
+            hub.stop_container(old_id, old_svc.stop_grace_period)
                 .await?;
             stopped_at = Some(Instant::now());
             gate::start_and_wait(hub, &svc, &new_id, timeout).await?;
@@ -879,12 +869,8 @@ impl Deployer {
     ) -> anyhow::Result<()> {
         let hub = &self.hub;
         if let Ok(new) = hub.engine.inspect_container(name).await {
-            hub.expect_stop(&new.id);
-            let _ = hub
-                .engine
-                .stop_container(&new.id, svc.stop_grace_period)
-                .await;
-            hub.engine.remove_container(&new.id, true).await?;
+            let _ = hub.stop_container(&new.id, svc.stop_grace_period).await;
+            hub.remove_container(&new.id, true).await?;
         }
         let previous = hub
             .engine
@@ -973,10 +959,7 @@ impl Deployer {
             let current = hub.engine.inspect_container(&name).await.ok();
             let parked = Role::RollingBack.name(&name);
             if let Some(c) = &current {
-                hub.expect_stop(&c.id);
-                hub.engine
-                    .stop_container(&c.id, svc.stop_grace_period)
-                    .await?;
+                hub.stop_container(&c.id, svc.stop_grace_period).await?;
                 stopped_at = Some(Instant::now());
                 hub.engine.rename_container(&c.id, &parked).await?;
             }
@@ -1087,17 +1070,14 @@ impl Deployer {
         for step in berth_core::deploy::recovery_steps(&name, &present, done) {
             info!(step = %step, "recovery");
             match &step {
+                // By id where known: `die` events name containers by id.
                 Step::Remove(n) => {
-                    if let Some(id) = id(n) {
-                        hub.expect_stop(&id);
-                    }
-                    hub.engine.remove_container(n, true).await?;
+                    hub.remove_container(&id(n).unwrap_or_else(|| n.clone()), true)
+                        .await?;
                 }
                 Step::Stop(n) => {
-                    if let Some(id) = id(n) {
-                        hub.expect_stop(&id);
-                    }
-                    hub.engine.stop_container(n, Duration::ZERO).await?;
+                    hub.stop_container(&id(n).unwrap_or_else(|| n.clone()), Duration::ZERO)
+                        .await?;
                 }
                 Step::Rename { from, to } => hub.engine.rename_container(from, to).await?,
             }

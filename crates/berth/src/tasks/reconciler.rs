@@ -266,14 +266,11 @@ impl Reconciler {
     }
 
     async fn stop_and_remove(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
-        self.hub.expect_stop(id);
         self.hub
-            .engine
             .stop_container(id, grace)
             .await
             .or_else(ignore_not_found)?;
         self.hub
-            .engine
             .remove_container(id, true)
             .await
             .or_else(ignore_not_found)

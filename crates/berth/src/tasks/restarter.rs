@@ -177,8 +177,7 @@ impl Task {
                 let hub = self.hub.clone();
                 let grace = svc.stop_grace_period;
                 self.restarts.spawn(async move {
-                    hub.expect_stop(&id);
-                    if let Err(e) = hub.engine.stop_container(&id, grace).await {
+                    if let Err(e) = hub.stop_container(&id, grace).await {
                         warn!(service = %service, error = %e, "stopping unhealthy container");
                     }
                     hub.update_service(&service, |s| {
@@ -364,8 +363,7 @@ async fn restart_after(
     let started = hub.engine.start_container(&id).await;
     // `berth stop` came while the start was on its way: it stays down.
     if started.is_ok() && hub.kept_down().contains(&service) {
-        hub.expect_stop(&id);
-        let _ = hub.engine.stop_container(&id, svc.stop_grace_period).await;
+        let _ = hub.stop_container(&id, svc.stop_grace_period).await;
         return;
     }
     if let Err(e) = started {

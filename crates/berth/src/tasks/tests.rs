@@ -1384,3 +1384,29 @@ async fn a_new_container_that_dies_during_a_hung_probe_is_rolled_back_at_once() 
     let e = deploy.await.expect("joined").expect_err("rolled back");
     assert!(format!("{e:#}").contains("exited while starting"), "{e:#}");
 }
+
+/// A stop berth asked for that never happened (the engine was unreachable) does not hide
+/// the container's next crash: the chaos soak (seed 42007927) saw PostgreSQL stay down,
+/// unnoticed, 20 s after a stop of its hung container had failed during a socket cut.
+#[tokio::test(start_paused = true)]
+async fn a_stop_that_failed_does_not_hide_a_later_crash() {
+    let k = kit(APP);
+    k.reconciler().converge().await.expect("first pass");
+    k.subscribed().await;
+    let id = k.fake.container("p-app").expect("app").id;
+    k.fake.inject_error(
+        CallMatch::once(CallKind::Stop),
+        EngineError::Unreachable("socket cut".into()),
+    );
+    let stop = k.hub.stop_container(&id, Duration::from_secs(1)).await;
+    assert!(stop.is_err(), "the stop was refused");
+    assert!(k.running("p-app"));
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    k.fake.crash("p-app", 1).expect("crash");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        k.running("p-app"),
+        "the crash was taken for berth's own stop"
+    );
+    assert_eq!(k.starts_of("p-app"), 2);
+}

@@ -106,9 +106,7 @@ impl Deployer {
         d: &berth_engine::ContainerDetails,
     ) -> anyhow::Result<()> {
         if d.running {
-            self.hub.expect_stop(&d.id);
             self.hub
-                .engine
                 .stop_container(&d.id, svc.stop_grace_period)
                 .await
                 .with_context(|| format!("stopping {}", svc.name))?;

@@ -29,7 +29,9 @@ const BEAT_EVERY: Duration = Duration::from_secs(10);
 /// …and may be silent this long (an engine call on the event path can take the client's
 /// whole request timeout).
 const BEAT_BUDGET: Duration = Duration::from_secs(180);
-const EVENTS_RETRY_MAX: Duration = Duration::from_secs(5);
+/// A retry is one request to a local socket, and while the stream is down a container's
+/// death goes unseen until it reopens (and re-observes): keep the gap short.
+const EVENTS_RETRY_MAX: Duration = Duration::from_secs(1);
 
 enum Msg {
     /// The prober found the service's container failing its probe: restart it.

@@ -16,8 +16,12 @@ pub const LABEL_SPEC_HASH: &str = "berth.spec-hash";
 pub struct Observed {
     pub networks: BTreeSet<String>,
     pub volumes: BTreeSet<String>,
-    /// Containers carrying this project's label.
+    /// The services' containers (carrying this project's label).
     pub containers: Vec<ObservedContainer>,
+    /// Containers a deploy keeps beside a service's (`.previous`, `.previous-old`,
+    /// `.next`, `.rolling-back`): never the service's, and never running once no deploy
+    /// holds the service.
+    pub kept: Vec<ObservedContainer>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,9 +39,15 @@ pub struct ObservedContainer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
     Missing,
-    SpecChanged { from: String, to: String },
+    SpecChanged {
+        from: String,
+        to: String,
+    },
     ServiceRemoved,
     Duplicate,
+    /// A deploy's kept container running while no deploy holds its service: with the
+    /// service's own, two would run (two pollers, two servers on one volume).
+    KeptRunning,
 }
 
 impl fmt::Display for Reason {
@@ -47,6 +57,7 @@ impl fmt::Display for Reason {
             Reason::SpecChanged { from, to } => write!(f, "spec changed ({from} -> {to})"),
             Reason::ServiceRemoved => write!(f, "service no longer in the file"),
             Reason::Duplicate => write!(f, "duplicate container for the service"),
+            Reason::KeptRunning => write!(f, "a deploy's kept container is running"),
         }
     }
 }
@@ -61,6 +72,13 @@ pub enum Action {
     },
     /// Stop (with the grace period) and remove.
     RemoveContainer {
+        service: String,
+        id: String,
+        name: String,
+        reason: Reason,
+    },
+    /// Stop (with the grace period), keep the container.
+    StopContainer {
         service: String,
         id: String,
         name: String,
@@ -92,6 +110,7 @@ impl Action {
         match self {
             Action::CreateNetwork { .. } | Action::CreateVolume { .. } => None,
             Action::RemoveContainer { service, .. }
+            | Action::StopContainer { service, .. }
             | Action::CreateContainer { service, .. }
             | Action::ReplaceContainer { service, .. }
             | Action::StartContainer { service } => Some(service),
@@ -110,6 +129,12 @@ impl fmt::Display for Action {
                 reason,
                 ..
             } => write!(f, "remove container {name} of {service}: {reason}"),
+            Action::StopContainer {
+                service,
+                name,
+                reason,
+                ..
+            } => write!(f, "stop container {name} of {service}: {reason}"),
             Action::CreateContainer { service, reason } => {
                 write!(f, "create container for {service}: {reason}")
             }
@@ -136,8 +161,8 @@ pub type Held = BTreeSet<String>;
 pub type Rejected = BTreeMap<String, String>;
 
 /// Actions that bring `observed` to `desired`, in an order that is safe to run one by
-/// one: network and volumes, then removals, then per service (dependencies first)
-/// create/start/replace. Containers that match are adopted: no action at all. A spec
+/// one: network and volumes, then removals and stops of kept containers, then per
+/// service (dependencies first) create/start/replace. Containers that match are adopted: no action at all. A spec
 /// change is a gated replacement, unless that very spec was `rejected` before.
 pub fn plan(
     desired: &Config,
@@ -168,6 +193,16 @@ pub fn plan(
             for c in found {
                 removals.push(remove(c, Reason::ServiceRemoved));
             }
+        }
+    }
+    for c in &observed.kept {
+        if c.running && !held.contains(&c.service) {
+            removals.push(Action::StopContainer {
+                service: c.service.clone(),
+                id: c.id.clone(),
+                name: c.name.clone(),
+                reason: Reason::KeptRunning,
+            });
         }
     }
     for name in desired.start_order() {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use berth_config::{Config, Service};
-use berth_core::snapshot::{ServiceStatus, Snapshot};
+use berth_core::snapshot::{Health, ServiceStatus, Snapshot, State};
 use berth_core::{Held, Rejected};
 use berth_engine::Engine;
 use tokio::sync::{Notify, oneshot, watch};
@@ -203,6 +203,18 @@ impl Hub {
     /// The container berth currently runs for `service`, if any.
     pub fn current_container(&self, service: &str) -> Option<String> {
         self.read(|s| s.services.get(service)?.container_id.clone())
+    }
+
+    /// A switch failed half-way: which container is the service's is no longer known.
+    /// The one berth had is forgotten (it may now be a deploy's `.previous`, which no
+    /// restart may bring back beside its successor) and a pass re-observes.
+    pub fn lost_track(&self, service: &str) {
+        self.update_service(service, |s| {
+            s.container_id = None;
+            s.state = State::Pending;
+            s.health = Health::Unknown;
+        });
+        self.request_reconcile();
     }
 
     pub fn request_reconcile(&self) {

@@ -40,6 +40,7 @@ fn infra(cfg: &Config) -> Observed {
         networks: [cfg.network_name()].into(),
         volumes: cfg.volume_names().into_iter().collect(),
         containers: vec![],
+        kept: vec![],
     }
 }
 
@@ -206,6 +207,40 @@ fn duplicates_are_removed_keeping_the_running_match() {
     );
 }
 
+/// Chaos soak, seed 768749185: a change whose stop and rollback failed in an engine outage
+/// left the old bot running as `.previous`; the next pass started a new one beside it.
+#[test]
+fn a_kept_container_running_outside_a_deploy_is_stopped_before_any_start() {
+    let cfg = stack();
+    let mut o = up(&cfg);
+    o.containers.retain(|c| c.service != "bot");
+    let kept = |id: &str, suffix: &str, running: bool| {
+        let mut c = container(&cfg, "bot", id, running);
+        c.name.push_str(suffix);
+        c
+    };
+    o.kept = vec![
+        kept("old", ".previous", true),
+        kept("older", ".previous-old", false),
+    ];
+    assert_eq!(
+        lines(&plan(&cfg, &o, &Held::new(), &Rejected::new())),
+        vec![
+            "stop container p-bot.previous of bot: a deploy's kept container is running",
+            "create container for bot: no container",
+            "start bot",
+        ]
+    );
+    // A deploy in progress runs its own containers: nothing to stop.
+    assert!(plan(&cfg, &o, &Held::from(["bot".to_string()]), &Rejected::new()).is_empty());
+    // Nor is a stopped one touched: it is `berth rollback`'s target.
+    o.kept[0].running = false;
+    assert_eq!(
+        lines(&plan(&cfg, &o, &Held::new(), &Rejected::new())),
+        vec!["create container for bot: no container", "start bot"]
+    );
+}
+
 #[test]
 fn missing_volume_and_network_are_created_even_when_containers_run() {
     let cfg = stack();
@@ -230,6 +265,11 @@ fn apply(cfg: &Config, mut o: Observed, actions: &[Action]) -> Observed {
                 o.volumes.insert(name.clone());
             }
             Action::RemoveContainer { id, .. } => o.containers.retain(|c| &c.id != id),
+            Action::StopContainer { id, .. } => {
+                for c in o.kept.iter_mut().filter(|c| &c.id == id) {
+                    c.running = false;
+                }
+            }
             Action::CreateContainer { service, .. } => {
                 next_id += 1;
                 o.containers
@@ -299,13 +339,22 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
                     Some(s) if from_other => s.spec_hash(),
                     _ => format!("stale{i}"),
                 };
-                o.containers.push(ObservedContainer {
+                let c = ObservedContainer {
                     id: format!("c{i}"),
                     name: format!("p-{name}"),
                     service: name.into(),
                     spec_hash: hash,
                     running,
-                });
+                };
+                // Every other one is a deploy's kept container.
+                if i % 2 == 1 {
+                    o.kept.push(ObservedContainer {
+                        name: format!("p-{name}.previous"),
+                        ..c
+                    });
+                } else {
+                    o.containers.push(c);
+                }
             }
             o
         })
@@ -322,6 +371,7 @@ proptest! {
             let n = after.containers.iter().filter(|c| &c.service == svc && c.running).count();
             prop_assert_eq!(n, 1, "service {}", svc);
         }
+        prop_assert!(after.kept.iter().all(|c| !c.running), "a kept container runs");
         prop_assert_eq!(after.containers.len(), cfg.services.len());
     }
 

@@ -80,31 +80,28 @@ pub async fn observe(
         engine.volumes(LABEL_PROJECT, project),
         engine.containers(LABEL_PROJECT, project),
     )?;
-    let containers = containers
-        .into_iter()
-        // A deploy's rollback target, its new container while it is `.next`, and one
-        // mid-rollback are not the service's container.
-        .filter(|c| {
-            let base = c
-                .labels
-                .get(LABEL_SERVICE)
-                .map(|s| cfg.container_name(s))
-                .unwrap_or_default();
-            matches!(Role::of(&base, &c.name), Some(Role::Current) | None)
-        })
-        .filter_map(|c| {
-            Some(ObservedContainer {
-                service: c.labels.get(LABEL_SERVICE)?.clone(),
-                spec_hash: c.labels.get(LABEL_SPEC_HASH).cloned().unwrap_or_default(),
-                id: c.id,
-                name: c.name,
-                running: c.running,
-            })
-        })
-        .collect();
-    Ok(berth_core::Observed {
+    let mut observed = berth_core::Observed {
         networks,
         volumes,
-        containers,
-    })
+        ..Default::default()
+    };
+    for c in containers {
+        let Some(service) = c.labels.get(LABEL_SERVICE).cloned() else {
+            continue;
+        };
+        let role = Role::of(&cfg.container_name(&service), &c.name);
+        let o = ObservedContainer {
+            service,
+            spec_hash: c.labels.get(LABEL_SPEC_HASH).cloned().unwrap_or_default(),
+            id: c.id,
+            name: c.name,
+            running: c.running,
+        };
+        match role {
+            Some(Role::Current) | None => observed.containers.push(o),
+            // A migration container carries no service label; the rest are a deploy's.
+            Some(_) => observed.kept.push(o),
+        }
+    }
+    Ok(observed)
 }

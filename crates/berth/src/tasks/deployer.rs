@@ -558,6 +558,8 @@ impl Deployer {
                     svc.image
                 );
                 warn!(service, image, error = %reason, "deploy failed; not rolling back");
+                // The new container may never have started (the old one's stop failed).
+                hub.lost_track(service);
                 if had_previous {
                     let _ = hub.engine.remove_container(&parked, true).await;
                 }
@@ -580,7 +582,8 @@ impl Deployer {
                     }
                 };
                 if let Err(back) = back {
-                    // Nothing healthy runs: leave the service to the restarts.
+                    // Nothing healthy runs: leave the service to the reconciler.
+                    hub.lost_track(service);
                     drop(hold);
                     let reason = format!("{reason}; the rollback failed too: {back:#}");
                     self.record(finish(rec, Outcome::Failed, Some(reason.clone())))
@@ -717,6 +720,9 @@ impl Deployer {
                     .await;
                 if had_previous && back.is_ok() {
                     let _ = hub.engine.rename_container(&parked, &previous_name).await;
+                }
+                if back.is_err() {
+                    hub.lost_track(service);
                 }
                 drop(hold);
                 match back {
@@ -982,6 +988,7 @@ impl Deployer {
         let from = match r {
             Ok(from) => from,
             Err(e) => {
+                hub.lost_track(service);
                 drop(hold);
                 let rec = record(
                     svc.image.clone(),

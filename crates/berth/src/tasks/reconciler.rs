@@ -176,6 +176,18 @@ impl Reconciler {
                         .with_context(|| format!("removing container {name}"))?;
                     removed.insert(id.clone());
                 }
+                Action::StopContainer {
+                    service, id, name, ..
+                } => {
+                    let grace = cfg
+                        .services
+                        .get(service)
+                        .map_or(Duration::from_secs(10), |s| s.stop_grace_period);
+                    hub.stop_container(id, grace)
+                        .await
+                        .or_else(ignore_not_found)
+                        .with_context(|| format!("stopping container {name}"))?;
+                }
                 Action::CreateContainer { service, .. }
                 | Action::StartContainer { service }
                 | Action::ReplaceContainer { service, .. } => per_service

@@ -1410,3 +1410,75 @@ async fn a_stop_that_failed_does_not_hide_a_later_crash() {
     );
     assert_eq!(k.starts_of("p-app"), 2);
 }
+
+/// A change of `app`'s settings that fails in an engine outage: the old container's stop
+/// is refused, and so is the rollback's look-up of it (renamed `.previous` by then).
+async fn change_app_in_an_outage(k: &Kit) {
+    k.hub.set_config(config_in(
+        k.dir.path(),
+        "[services.app]\nimage = \"app:1\"\nenv = { MODE = \"new\" }\n",
+    ));
+    let cut = || EngineError::Unreachable("socket cut".into());
+    k.fake.inject_error(CallMatch::once(CallKind::Stop), cut());
+    k.fake.inject_error(
+        CallMatch::once(CallKind::Inspect).on("p-app.previous"),
+        cut(),
+    );
+    let e = k
+        .reconciler()
+        .converge()
+        .await
+        .expect_err("the change fails");
+    assert!(format!("{e:#}").contains("not up"), "{e:#}");
+    assert!(k.fake.container("p-app.previous").is_some());
+}
+
+fn running_names(k: &Kit) -> Vec<String> {
+    k.fake
+        .running_containers()
+        .into_iter()
+        .map(|c| c.name)
+        .collect()
+}
+
+/// Chaos soak, seed 768749185: a hung bot was being stopped for a restart when a change
+/// came, in an engine outage; the change and its rollback failed, and the restart then
+/// started the old container, renamed `.previous` by the change, beside the new one.
+#[tokio::test(start_paused = true)]
+async fn a_restart_never_starts_a_container_a_failed_change_renamed_away() {
+    let k = kit(APP);
+    k.reconciler().converge().await.expect("first pass");
+    k.subscribed().await;
+    let id = k.fake.container("p-app").expect("app").id;
+    // The prober finds it hung; stopping it takes five seconds (a hung process's grace).
+    k.fake.set_stop_cleanup(Duration::from_secs(5));
+    k.restarter.unhealthy("app", &id).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    k.fake.set_stop_cleanup(Duration::ZERO);
+    change_app_in_an_outage(&k).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        !k.running("p-app.previous"),
+        "the restart started the container the change had renamed away"
+    );
+    k.reconciler().converge().await.expect("pass");
+    assert_eq!(running_names(&k), vec!["p-app".to_string()]);
+}
+
+/// The same outage with the old container still running (its stop was refused): the next
+/// pass stops it before the service's new container starts.
+#[tokio::test(start_paused = true)]
+async fn a_kept_container_left_running_by_a_failed_change_is_stopped_first() {
+    let k = kit(APP);
+    k.reconciler().converge().await.expect("first pass");
+    k.subscribed().await;
+    change_app_in_an_outage(&k).await;
+    assert!(k.running("p-app.previous"), "its stop was refused");
+    k.fake.clear_calls();
+    k.reconciler().converge().await.expect("pass");
+    assert_eq!(running_names(&k), vec!["p-app".to_string()]);
+    let changes = k.changes();
+    let stop = changes.iter().position(|c| c == "stop app:1");
+    let start = changes.iter().position(|c| c == "start app:1");
+    assert!(stop.is_some() && stop < start, "{changes:?}");
+}

@@ -19,6 +19,7 @@ use anyhow::{Context as _, bail};
 use berth_config::{Config, Rollback, Service, Strategy};
 use berth_core::deploy::{DeployState, Mark, Outcome, Override, Record, Role, Step, Trigger};
 use berth_core::time::fmt_time;
+use berth_engine::EngineError;
 use futures::StreamExt as _;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -430,12 +431,29 @@ impl Deployer {
 
         // From here the service is held: nothing else restarts or recreates it.
         let hold = hub.hold([service]);
+        let name = cfg.container_name(service);
+        // The old container as the engine has it: the hub may not know it (a held service
+        // is not adopted; a switch that failed half-way lost track of it).
+        let old = match hub.engine.inspect_container(&name).await {
+            Ok(d) => Some(d.id),
+            Err(EngineError::NotFound { .. }) => None,
+            Err(e) => {
+                drop(hold);
+                let e = anyhow::Error::from(e).context("looking up the running container");
+                self.record(Record {
+                    outcome: Outcome::Aborted,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    reason: Some(format!("{e:#}")),
+                    ..rec
+                })
+                .await?;
+                return Err(e);
+            }
+        };
         self.change(|d| d.in_flight = Some(rec.clone())).await?;
         let mut new_svc = svc.clone();
         new_svc.image = image.to_string();
-        let name = cfg.container_name(service);
         let previous_name = Role::Previous.name(&name);
-        let old = hub.current_container(service);
         let (parked, had_previous) = self.park_previous(&name).await;
         let start_first = svc.deploy.strategy == Strategy::StartFirst;
         // When the old container stopped: the service is interrupted from then on.

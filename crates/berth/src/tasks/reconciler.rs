@@ -10,8 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use berth_config::{Config, Service};
-use berth_core::Action;
+use berth_core::deploy::Role;
 use berth_core::snapshot::{Health, State};
+use berth_core::{Action, LABEL_SERVICE};
 use berth_engine::EngineError;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
@@ -116,6 +117,9 @@ impl Reconciler {
     pub async fn converge(&self) -> anyhow::Result<()> {
         let hub = &self.hub;
         let cfg = hub.config();
+        // Held before or after the look: a deploy that let go meanwhile may have renamed
+        // what was observed (a `.next` that is now the service's own).
+        let held_before = hub.held();
         let observed = match spec::observe(hub.engine.as_ref(), &cfg).await {
             Ok(o) => o,
             Err(e) => {
@@ -126,7 +130,8 @@ impl Reconciler {
         // What the engine shows wins over what berth last believed (events can be missed
         // while the engine was unreachable): a container berth thought running that is not
         // is reported as exited until this pass brings it back.
-        let held = hub.held();
+        let mut held = hub.held();
+        held.extend(held_before);
         hub.update(|s| {
             s.engine_connected = true;
             for (name, st) in s.services.iter_mut() {
@@ -176,18 +181,18 @@ impl Reconciler {
                         .with_context(|| format!("removing container {name}"))?;
                     removed.insert(id.clone());
                 }
-                Action::StopContainer {
-                    service, id, name, ..
-                } => {
-                    let grace = cfg
-                        .services
-                        .get(service)
-                        .map_or(Duration::from_secs(10), |s| s.stop_grace_period);
-                    hub.stop_container(id, grace)
-                        .await
-                        .or_else(ignore_not_found)
-                        .with_context(|| format!("stopping container {name}"))?;
+                // Part of the service's bring-up (before its start), so that a slow stop
+                // holds up that service only.
+                Action::StopContainer { service, .. } if cfg.services.contains_key(service) => {
+                    per_service
+                        .entry(service.clone())
+                        .or_default()
+                        .push(a.clone())
                 }
+                Action::StopContainer { id, name, .. } => self
+                    .stop_kept(id, name, Duration::from_secs(10))
+                    .await
+                    .with_context(|| format!("stopping container {name}"))?,
                 Action::CreateContainer { service, .. }
                 | Action::StartContainer { service }
                 | Action::ReplaceContainer { service, .. } => per_service
@@ -214,7 +219,8 @@ impl Reconciler {
                     .iter()
                     .any(|a| matches!(a, Action::StartContainer { .. }))
             {
-                acts.clear();
+                // A kept container running beside it is still stopped.
+                acts.retain(|a| matches!(a, Action::StopContainer { .. }));
                 settled.insert(name.clone());
                 hub.update_service(name, |s| {
                     s.next_restart = SystemTime::now().checked_add(t - now)
@@ -277,6 +283,30 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Stops a deploy's kept container found running outside a hold, once the engine
+    /// confirms it still is one (a deploy may have made it the service's since the look).
+    async fn stop_kept(&self, id: &str, name: &str, grace: Duration) -> anyhow::Result<()> {
+        let hub = &self.hub;
+        let d = match hub.engine.inspect_container(id).await {
+            Ok(d) => d,
+            Err(EngineError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let service = d.labels.get(LABEL_SERVICE).cloned().unwrap_or_default();
+        let kept = !matches!(
+            Role::of(&hub.config().container_name(&service), &d.name),
+            Some(Role::Current) | None
+        );
+        if !d.running || !kept || hub.is_held(&service) {
+            return Ok(());
+        }
+        warn!(service = %service, container = %name, "a deploy's kept container is running outside a deploy: stopping it");
+        hub.stop_container(id, grace)
+            .await
+            .or_else(ignore_not_found)?;
+        Ok(())
+    }
+
     async fn stop_and_remove(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
         self.hub
             .stop_container(id, grace)
@@ -304,6 +334,12 @@ impl Reconciler {
             .settings(name)
             .unwrap_or_else(|| cfg.services[name].clone());
         let mut actions = actions;
+        while let Some(Action::StopContainer { id, name: kept, .. }) = actions.first() {
+            self.stop_kept(id, kept, svc.stop_grace_period)
+                .await
+                .with_context(|| format!("stopping container {kept}"))?;
+            actions.remove(0);
+        }
         let mut id = existing;
         let mut created_early = false;
         // A new container is made while its dependencies come up, so only its start waits

@@ -1482,3 +1482,19 @@ async fn a_kept_container_left_running_by_a_failed_change_is_stopped_first() {
     let start = changes.iter().position(|c| c == "start app:1");
     assert!(stop.is_some() && stop < start, "{changes:?}");
 }
+
+/// A deploy finds the old container in the engine, not in the hub's memory: after a
+/// switch lost track of it (or for a held service never adopted), a deploy once failed
+/// to create the new one beside it and its rollback then removed the running service.
+#[tokio::test(start_paused = true)]
+async fn a_deploy_finds_the_old_container_even_when_the_hub_lost_track_of_it() {
+    let k = kit(BOT);
+    k.reconciler().converge().await.expect("first pass");
+    let old = k.fake.container("p-bot").expect("bot").id;
+    k.fake.add_image("bot:2");
+    k.hub.lost_track("bot");
+    let rec = k.deploy_bot2().await.expect("deployed");
+    assert_eq!(rec.outcome, Outcome::Deployed);
+    assert_eq!(k.fake.container("p-bot.previous").map(|c| c.id), Some(old));
+    assert_eq!(running_names(&k), vec!["p-bot".to_string()]);
+}

@@ -414,16 +414,16 @@ impl Deployer {
             steps: Vec::new(),
         };
         // Until a container changes, a failure leaves everything as it was.
+        let aborted = |rec: Record, e: &anyhow::Error| Record {
+            outcome: Outcome::Aborted,
+            duration_ms: started.elapsed().as_millis() as u64,
+            reason: Some(format!("{e:#}")),
+            ..rec
+        };
         let pre = match self.prepare(&cfg, &svc, image, backup).await {
             Ok(pre) => pre,
             Err(e) => {
-                self.record(Record {
-                    outcome: Outcome::Aborted,
-                    duration_ms: started.elapsed().as_millis() as u64,
-                    reason: Some(format!("{e:#}")),
-                    ..rec
-                })
-                .await?;
+                self.record(aborted(rec, &e)).await?;
                 return Err(e);
             }
         };
@@ -440,13 +440,7 @@ impl Deployer {
             Err(e) => {
                 drop(hold);
                 let e = anyhow::Error::from(e).context("looking up the running container");
-                self.record(Record {
-                    outcome: Outcome::Aborted,
-                    duration_ms: started.elapsed().as_millis() as u64,
-                    reason: Some(format!("{e:#}")),
-                    ..rec
-                })
-                .await?;
+                self.record(aborted(rec, &e)).await?;
                 return Err(e);
             }
         };

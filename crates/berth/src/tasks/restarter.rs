@@ -377,11 +377,12 @@ async fn restart_after(
         let details = hub.engine.inspect_container(&id).await?;
         // A deploy took the service over while the start was on its way: the container
         // may be its `.previous` now, which must not run beside its successor.
-        if hub.is_held(&service) || details.name != cfg.container_name(&service) {
-            if details.name != cfg.container_name(&service) {
-                warn!(service = %service, container = %details.name, "restarted a container that is no longer the service's: stopping it");
-                hub.stop_container(&id, svc.stop_grace_period).await?;
-            }
+        if details.name != cfg.container_name(&service) {
+            warn!(service = %service, container = %details.name, "restarted a container that is no longer the service's: stopping it");
+            hub.stop_container(&id, svc.stop_grace_period).await?;
+            return Ok(());
+        }
+        if hub.is_held(&service) {
             return Ok(());
         }
         let ip = details.ips.get(&cfg.network_name()).copied();

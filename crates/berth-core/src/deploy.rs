@@ -61,6 +61,12 @@ impl Role {
         let rest = container.strip_prefix(name)?;
         Role::ALL.into_iter().find(|r| r.suffix() == rest)
     }
+
+    /// Whether `container` is one a deploy keeps beside service container `name`
+    /// (`.previous`, `.next`, …): never the service's own.
+    pub fn is_kept(name: &str, container: &str) -> bool {
+        !matches!(Role::of(name, container), Some(Role::Current) | None)
+    }
 }
 
 /// How a deploy (or rollback) ended.
@@ -360,6 +366,8 @@ mod tests {
         }
         assert_eq!(Role::of("p-bot", "p-botany"), None);
         assert_eq!(Role::of("p-bot", "p-redis"), None);
+        assert!(Role::is_kept("p-bot", "p-bot.previous"));
+        assert!(!Role::is_kept("p-bot", "p-bot") && !Role::is_kept("p-bot", "p-botany"));
     }
 
     /// One row: the containers present, whether the deploy had finished → the steps.

@@ -162,8 +162,9 @@ pub type Rejected = BTreeMap<String, String>;
 
 /// Actions that bring `observed` to `desired`, in an order that is safe to run one by
 /// one: network and volumes, then removals and stops of kept containers, then per
-/// service (dependencies first) create/start/replace. Containers that match are adopted: no action at all. A spec
-/// change is a gated replacement, unless that very spec was `rejected` before.
+/// service (dependencies first) create/start/replace. Containers that match are
+/// adopted: no action at all. A spec change is a gated replacement, unless that very
+/// spec was `rejected` before.
 pub fn plan(
     desired: &Config,
     observed: &Observed,

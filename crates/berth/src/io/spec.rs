@@ -89,7 +89,7 @@ pub async fn observe(
         let Some(service) = c.labels.get(LABEL_SERVICE).cloned() else {
             continue;
         };
-        let role = Role::of(&cfg.container_name(&service), &c.name);
+        let kept = Role::is_kept(&cfg.container_name(&service), &c.name);
         let o = ObservedContainer {
             service,
             spec_hash: c.labels.get(LABEL_SPEC_HASH).cloned().unwrap_or_default(),
@@ -97,10 +97,11 @@ pub async fn observe(
             name: c.name,
             running: c.running,
         };
-        match role {
-            Some(Role::Current) | None => observed.containers.push(o),
-            // A migration container carries no service label; the rest are a deploy's.
-            Some(_) => observed.kept.push(o),
+        // A migration container carries no service label: it never gets here.
+        if kept {
+            observed.kept.push(o);
+        } else {
+            observed.containers.push(o);
         }
     }
     Ok(observed)

@@ -190,7 +190,7 @@ impl Reconciler {
                         .push(a.clone())
                 }
                 Action::StopContainer { id, name, .. } => self
-                    .stop_kept(id, name, Duration::from_secs(10))
+                    .stop_kept(id, Duration::from_secs(10))
                     .await
                     .with_context(|| format!("stopping container {name}"))?,
                 Action::CreateContainer { service, .. }
@@ -285,7 +285,7 @@ impl Reconciler {
 
     /// Stops a deploy's kept container found running outside a hold, once the engine
     /// confirms it still is one (a deploy may have made it the service's since the look).
-    async fn stop_kept(&self, id: &str, name: &str, grace: Duration) -> anyhow::Result<()> {
+    async fn stop_kept(&self, id: &str, grace: Duration) -> anyhow::Result<()> {
         let hub = &self.hub;
         let d = match hub.engine.inspect_container(id).await {
             Ok(d) => d,
@@ -293,14 +293,11 @@ impl Reconciler {
             Err(e) => return Err(e.into()),
         };
         let service = d.labels.get(LABEL_SERVICE).cloned().unwrap_or_default();
-        let kept = !matches!(
-            Role::of(&hub.config().container_name(&service), &d.name),
-            Some(Role::Current) | None
-        );
+        let kept = Role::is_kept(&hub.config().container_name(&service), &d.name);
         if !d.running || !kept || hub.is_held(&service) {
             return Ok(());
         }
-        warn!(service = %service, container = %name, "a deploy's kept container is running outside a deploy: stopping it");
+        warn!(service = %service, container = %d.name, "a deploy's kept container is running outside a deploy: stopping it");
         hub.stop_container(id, grace)
             .await
             .or_else(ignore_not_found)?;
@@ -335,7 +332,7 @@ impl Reconciler {
             .unwrap_or_else(|| cfg.services[name].clone());
         let mut actions = actions;
         while let Some(Action::StopContainer { id, name: kept, .. }) = actions.first() {
-            self.stop_kept(id, kept, svc.stop_grace_period)
+            self.stop_kept(id, svc.stop_grace_period)
                 .await
                 .with_context(|| format!("stopping container {kept}"))?;
             actions.remove(0);

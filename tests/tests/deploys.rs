@@ -361,3 +361,84 @@ fn a_deploy_pulls_an_image_this_host_does_not_have() {
     drop(stack);
     let _ = docker(&["rmi", &image]);
 }
+
+/// The demo stack with the bot in `bot-net`'s network namespace, as config/demo.toml has it.
+fn held_config(stack: &Stack) -> String {
+    config(stack, "[\"demo-bot\", \"migrate\"]").replace(
+        "[services.bot]\n",
+        "[services.bot-net]\nimage = \"berth-demo/pause:1\"\n\n[services.bot]\nnetwork = \"service:bot-net\"\n",
+    )
+}
+
+/// The service's container is in the network namespace of container `holder` (an id
+/// as `docker ps` shortens it): joined by its id, or by the name `bot-net`'s container
+/// has (the engine keeps the name when it joined before the holder existed).
+fn joins(stack: &Stack, service: &str, holder: &str) -> bool {
+    let mode = stack.inspect_service(service)["HostConfig"]["NetworkMode"].clone();
+    let mode = mode.as_str().unwrap_or_default();
+    mode.starts_with(&format!("container:{holder}"))
+        || mode == format!("container:{}", stack.container_name("bot-net"))
+}
+
+#[test]
+fn a_bot_in_a_held_network_namespace_deploys_and_outlives_its_holder() {
+    let stack = Stack::new("held");
+    stack.write_config(&held_config(&stack));
+    let mut d = stack.start();
+    d.wait_healthy(UP);
+    let holder = || stack.containers()["bot-net"].clone();
+    assert!(joins(&stack, "bot", &holder()));
+    // It reaches postgres, redis and the Bot API by name through the holder's network.
+    assert!(
+        stack
+            .wait_answered(1, Duration::from_secs(20))
+            .contains("v1")
+    );
+
+    let out = stack.berth(&["deploy", "bot", "berth-demo/bot:2", "--no-backup"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let h = d.wait_healthy(UP);
+    assert_eq!(h["services"]["bot"]["image"], "berth-demo/bot:2");
+    assert!(joins(&stack, "bot", &holder()));
+    assert!(
+        stack
+            .wait_answered(2, Duration::from_secs(20))
+            .contains("v2")
+    );
+
+    // The holder crashes: the same holder comes back, then the bot joins it anew.
+    let bot_started = stack.inspect_service("bot")["State"]["StartedAt"].clone();
+    let holder_id = holder();
+    stack.crash("bot-net");
+    wait_for("bot restarted after its holder", UP, || {
+        (stack.inspect_service("bot")["State"]["StartedAt"] != bot_started
+            && stack.inspect_service("bot")["State"]["Running"] == true)
+            .then_some(())
+    });
+    d.wait_healthy(UP);
+    assert_eq!(holder(), holder_id);
+    assert!(
+        stack
+            .wait_answered(3, Duration::from_secs(30))
+            .contains("v2")
+    );
+
+    // The holder is removed by hand: a new one, and a new bot container that joined it.
+    docker(&["rm", "-f", &holder_id]).expect("docker rm");
+    wait_for("a new holder and bot", UP, || {
+        let h = stack.containers().get("bot-net").cloned()?;
+        (h != holder_id && joins(&stack, "bot", &h)).then_some(())
+    });
+    d.wait_healthy(UP);
+    assert!(
+        stack
+            .wait_answered(4, Duration::from_secs(30))
+            .contains("v2")
+    );
+    assert_eq!(stack.running("bot"), 1);
+    assert_eq!(stack.conflicts(), 0, "two bots polled at once");
+}

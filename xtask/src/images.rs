@@ -49,6 +49,7 @@ pub fn build_all() -> anyhow::Result<()> {
         ),
         Image::new("berth-demo/redis:7", recipes.join("redis"))
             .file("entrypoint.sh", recipes.join("redis/entrypoint.sh")),
+        Image::new("berth-demo/pause:1", recipes.join("pause")),
         Image::new(
             "berth-demo/fake-telegram:latest",
             recipes.join("fake-telegram"),

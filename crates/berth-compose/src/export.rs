@@ -165,6 +165,9 @@ pub fn compose(cfg: &Config) -> String {
                 })),
             );
         }
+        if let Some(h) = &svc.network_of {
+            put("network_mode", s(format!("service:{h}")));
+        }
         if let Some(mem) = svc.memory {
             put("mem_limit", Value::Number(mem.into()));
         }

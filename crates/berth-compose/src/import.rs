@@ -208,6 +208,7 @@ const SERVICE_KEYS: &[&str] = &[
     "restart",
     "container_name",
     "networks",
+    "network_mode",
     "expose",
     "labels",
     "init",
@@ -527,6 +528,17 @@ impl Cx<'_> {
         }
         if s.get("read_only").and_then(Value::as_bool) == Some(true) {
             lines.push("read_only = true".into());
+        }
+        // `service:X` is berth's `network = "service:X"`; host, none and the rest have
+        // no berth form.
+        if let Some(m) = str_of(s.get("network_mode")) {
+            match m.strip_prefix("service:") {
+                Some(h) if names.contains(h) => lines.push(format!("network = {}", q(&m))),
+                _ => self.note(format!(
+                    "{}: {m:?}: only \"service:NAME\" maps to berth: left out",
+                    key("network_mode")
+                )),
+            }
         }
         let tmpfs: Vec<String> = match s.get("tmpfs") {
             Some(Value::Sequence(seq)) => seq.iter().filter_map(scalar).collect(),

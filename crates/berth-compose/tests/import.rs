@@ -212,3 +212,43 @@ fn hostile_compose_files_fail_fast_and_bad_names_are_left_out() {
     ))
     .expect("a quoted [ is text");
 }
+
+#[test]
+fn network_mode_service_maps_both_ways() {
+    let yaml = r#"
+services:
+  net:
+    image: pause:3
+    ports: ["127.0.0.1:8000:8000"]
+  bot:
+    image: bot:1
+    network_mode: "service:net"
+  worker:
+    image: bot:1
+    network_mode: host
+"#;
+    let env = BTreeMap::new();
+    let out = import(&Input {
+        yaml,
+        dir: Path::new("/srv/app"),
+        env: &env,
+        env_file: None,
+        project: "app",
+    })
+    .expect("import");
+    let notes = out.notes.join("\n");
+    assert!(
+        notes.contains(
+            "services.worker.network_mode: \"host\": only \"service:NAME\" maps to berth"
+        ),
+        "{notes}"
+    );
+    let cfg = berth_config::parse_str(Path::new("/srv/app/berth.toml"), &out.toml, &|_| None)
+        .unwrap_or_else(|e| panic!("{e}\n{}", out.toml));
+    assert_eq!(cfg.services["bot"].network_of.as_deref(), Some("net"));
+    assert_eq!(cfg.services["worker"].network_of, None);
+    let back: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&berth_compose::export::compose(&cfg)).expect("yaml");
+    assert_eq!(back["services"]["bot"]["network_mode"], "service:net");
+    assert!(back["services"]["bot"].get("ports").is_none());
+}

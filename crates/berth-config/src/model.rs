@@ -135,7 +135,12 @@ pub struct Service {
     pub read_only: bool,
     pub tmpfs: Vec<String>,
     pub stop_grace_period: Duration,
+    /// Depends on everything here (`network_of` among them).
     pub depends_on: Vec<String>,
+    /// `network = "service:NAME"`: the containers join NAME's network namespace, so
+    /// starting one (a restart, a deploy's switch) skips the engine's network set-up;
+    /// NAME holds the address, the alias and the published ports.
+    pub network_of: Option<String>,
     pub probe: Option<Probe>,
     pub restart: RestartPolicy,
     pub logs: Logs,
@@ -497,6 +502,9 @@ impl Service {
         }
         for t in &self.tmpfs {
             field("tmpfs", t.clone());
+        }
+        if let Some(n) = &self.network_of {
+            field("network", format!("service:{n}"));
         }
         field(
             "stop_grace_period",

@@ -57,6 +57,8 @@ pub struct RawService {
     pub stop_grace_period: Option<S<String>>,
     #[serde(default)]
     pub depends_on: Vec<S<String>>,
+    /// `"service:NAME"`: join NAME's network namespace (compose's `network_mode`).
+    pub network: Option<S<String>>,
     pub probe: Option<S<RawProbe>>,
     pub restart: Option<RawRestart>,
     pub logs: Option<RawLogs>,

@@ -164,6 +164,7 @@ pub(crate) fn parse(
         }
     }
     check_cycles(&mut cx, &raw.services);
+    check_network_sharing(&mut cx, &raw.services, &services);
     let backup = raw
         .backup
         .as_ref()
@@ -532,6 +533,47 @@ fn service(
             depends_on.push(d.get_ref().clone());
         }
     }
+    let network_of = r.network.as_ref().and_then(|v| {
+        let Some(of) = v.get_ref().strip_prefix("service:") else {
+            cx.err(
+                &v.span(),
+                format!(
+                    "{}: {:?}: the one form is \"service:NAME\" (join service NAME's network namespace); without it a service is on the project's network",
+                    key("network"),
+                    v.get_ref()
+                ),
+            );
+            return None;
+        };
+        if of == n {
+            cx.err(&v.span(), format!("{}: a service cannot join itself", key("network")));
+            return None;
+        }
+        if !names.contains(of) {
+            cx.err(
+                &v.span(),
+                format!(
+                    "{}: unknown service {of:?} (services: {})",
+                    key("network"),
+                    names.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            );
+            return None;
+        }
+        if let Some(p) = r.ports.first() {
+            cx.err(
+                &p.span(),
+                format!(
+                    "{}: a service in {of}'s network namespace publishes no ports of its own: publish them on {of}",
+                    key("ports")
+                ),
+            );
+        }
+        if !depends_on.iter().any(|d| d == of) {
+            depends_on.push(of.to_string());
+        }
+        Some(of.to_string())
+    });
     let probe = r.probe.as_ref().and_then(|p| probe(cx, n, p));
     let restart = r
         .restart
@@ -662,6 +704,7 @@ fn service(
         tmpfs: r.tmpfs.iter().map(|t| t.get_ref().clone()).collect(),
         stop_grace_period,
         depends_on,
+        network_of,
         probe,
         restart,
         logs,
@@ -957,6 +1000,55 @@ fn deploy(cx: &mut Ctx<'_>, svc: &str, d: &RawDeploy) -> Deploy {
         rollback,
         strategy,
         restore_db_on_rollback: d.restore_db_on_rollback.unwrap_or(false),
+    }
+}
+
+/// `network = "service:H"`: H must hold a namespace of its own, and must not need the
+/// service that joins it (the join is a dependency the raw cycle check does not see).
+fn check_network_sharing(
+    cx: &mut Ctx<'_>,
+    raw: &BTreeMap<String, S<RawService>>,
+    services: &BTreeMap<String, Service>,
+) {
+    for (name, svc) in services {
+        let Some(of) = &svc.network_of else { continue };
+        let Some(span) = raw[name].get_ref().network.as_ref().map(|v| v.span()) else {
+            continue;
+        };
+        let key = format!("services.{name}.network");
+        if services.get(of).is_some_and(|h| h.network_of.is_some()) {
+            cx.err(
+                &span,
+                format!(
+                    "{key}: {of} is in another service's network namespace itself: join that one"
+                ),
+            );
+        }
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![of.as_str()];
+        while let Some(s) = todo.pop() {
+            if s == name {
+                cx.err(
+                    &span,
+                    format!("{key}: {of} depends on {name}, which cannot start before {of} holds its network"),
+                );
+                break;
+            }
+            if seen.insert(s) {
+                todo.extend(
+                    services
+                        .get(s)
+                        .into_iter()
+                        .flat_map(|x| x.depends_on.iter().map(String::as_str)),
+                );
+            }
+        }
+        if svc.deploy.strategy == Strategy::StartFirst {
+            cx.err(
+                &span,
+                format!("{key}: a start-first deploy would run two containers in {of}'s one network namespace (one address, one set of ports): use strategy = \"stop-first\""),
+            );
+        }
     }
 }
 

@@ -33,6 +33,9 @@ pub struct ObservedContainer {
     /// Value of the `berth.spec-hash` label.
     pub spec_hash: String,
     pub running: bool,
+    /// The container whose network namespace it joins (`network = "service:H"`): its
+    /// id, fixed when this one was created, or its name if none had it then.
+    pub joined: Option<String>,
 }
 
 /// Why a container is (re)created or removed; shown by `berth plan` and in logs.
@@ -48,6 +51,12 @@ pub enum Reason {
     /// A deploy's kept container running while no deploy holds its service: with the
     /// service's own, two would run (two pollers, two servers on one volume).
     KeptRunning,
+    /// It joined the network namespace of a container of `holder` that is gone or about
+    /// to be (re)started: its own network went with it, and a container joins a
+    /// namespace only when it is created.
+    NetworkHolder {
+        holder: String,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -58,6 +67,12 @@ impl fmt::Display for Reason {
             Reason::ServiceRemoved => write!(f, "service no longer in the file"),
             Reason::Duplicate => write!(f, "duplicate container for the service"),
             Reason::KeptRunning => write!(f, "a deploy's kept container is running"),
+            Reason::NetworkHolder { holder } => {
+                write!(
+                    f,
+                    "the {holder} container whose network it joined is gone or restarting"
+                )
+            }
         }
     }
 }
@@ -206,14 +221,42 @@ pub fn plan(
             });
         }
     }
+    // Per service planned so far: the container it keeps (id, name), and whether this
+    // plan starts it (None: it gets a new one, or it is held and nobody knows).
+    let mut outcome: BTreeMap<String, Option<(String, String, bool)>> = BTreeMap::new();
     for name in desired.start_order() {
         // A held service is someone else's business for now (a deploy or restore in
         // progress): no create, start or removal.
         if held.contains(&name) {
+            outcome.insert(name, None);
             continue;
         }
         let want = desired.services[&name].spec_hash();
-        let found = by_service.get(name.as_str()).cloned().unwrap_or_default();
+        let mut found = by_service.get(name.as_str()).cloned().unwrap_or_default();
+        // A container in another's network namespace lives on that container: one that
+        // joined a container now gone, or one about to be started again, has no network.
+        if let Some(holder) = &desired.services[&name].network_of
+            && let Some(h) = outcome.get(holder)
+            && !held.contains(holder)
+        {
+            let (stale, keep): (Vec<_>, Vec<_>) = found.iter().partition(|c| match h {
+                // The engine keeps the name it was given when no container had it yet.
+                Some((id, name, restarts)) => {
+                    let joined = c.joined.as_deref();
+                    (joined != Some(id) && joined != Some(name)) || (*restarts && c.running)
+                }
+                None => true,
+            });
+            for c in stale {
+                removals.push(remove(
+                    c,
+                    Reason::NetworkHolder {
+                        holder: holder.clone(),
+                    },
+                ));
+            }
+            found = keep;
+        }
         // Keep the best match: right hash first, then running. Without one, the best
         // other container (running first) is the one a change replaces; the rest are
         // duplicates.
@@ -240,6 +283,14 @@ pub fn plan(
                 removals.push(remove(c, reason));
             }
         }
+        let kept_as = match (&keep, &old) {
+            (Some(c), _) => Some((c.id.clone(), c.name.clone(), !c.running)),
+            (None, Some(o)) if rejected.get(&name) == Some(&want) => {
+                Some((o.id.clone(), o.name.clone(), !o.running))
+            }
+            _ => None,
+        };
+        outcome.insert(name.clone(), kept_as);
         match (keep, old) {
             (Some(c), _) if c.running => {}
             (Some(_), _) => per_service.push(Action::StartContainer { service: name }),

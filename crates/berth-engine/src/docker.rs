@@ -262,6 +262,10 @@ impl Engine for DockerEngine {
                 running: c
                     .state
                     .is_some_and(|s| s.to_string().eq_ignore_ascii_case("running")),
+                joined: c
+                    .host_config
+                    .and_then(|h| h.network_mode)
+                    .and_then(|m| m.strip_prefix("container:").map(str::to_string)),
             })
             .collect())
     }
@@ -310,7 +314,10 @@ impl Engine for DockerEngine {
                 name: Some(RestartPolicyNameEnum::NO),
                 maximum_retry_count: None,
             }),
-            network_mode: spec.network.as_ref().map(|(n, _)| n.clone()),
+            network_mode: match &spec.join {
+                Some(c) => Some(format!("container:{c}")),
+                None => spec.network.as_ref().map(|(n, _)| n.clone()),
+            },
             ..Default::default()
         };
         let networking_config = spec

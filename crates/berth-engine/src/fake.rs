@@ -225,6 +225,9 @@ pub struct FakeContainer {
     pub ips: BTreeMap<String, IpAddr>,
     /// The spec it was created from.
     pub spec: ContainerSpec,
+    /// The container whose network namespace it joins (`spec.join`): its id if one had
+    /// that name at create, else the name, as Docker keeps it.
+    pub joined: Option<String>,
     /// While it runs.
     pub pid: Option<i64>,
     pub oom_killed: bool,
@@ -271,6 +274,7 @@ impl FakeContainer {
             image: self.image.clone(),
             labels: self.labels.clone(),
             running: self.running,
+            joined: self.joined.clone(),
         }
     }
 }
@@ -732,6 +736,7 @@ impl State {
             started_at: ZERO_TIME.to_string(),
             finished_at: ZERO_TIME.to_string(),
             ips: BTreeMap::new(),
+            joined: None,
             spec,
             pid: None,
             oom_killed: false,
@@ -936,7 +941,14 @@ impl Engine for FakeEngine {
             {
                 return Err(missing(format!("network {net}")));
             }
+            // Like Docker: the joined container's id is kept if one has the name now,
+            // else the name (looked up again at each start).
+            let joined = spec.join.as_ref().map(|c| match st.lookup(c) {
+                Ok(j) => st.containers[j].id.clone(),
+                Err(_) => c.clone(),
+            });
             let idx = st.insert(name, spec.clone());
+            st.containers[idx].joined = joined;
             st.emit(idx, "create", None, now);
             Ok(st.containers[idx].id.clone())
         })
@@ -946,6 +958,14 @@ impl Engine for FakeEngine {
         let call = Call::Start { id: id.to_string() };
         self.op(call, |st, now| {
             let idx = st.find(id, &format!("start container {id}"))?;
+            if let Some(j) = st.containers[idx].joined.clone()
+                && !st.lookup(&j).is_ok_and(|h| st.containers[h].running)
+            {
+                return Err(EngineError::Api {
+                    what: format!("start container {id}"),
+                    message: format!("cannot join network of a non running container: {j}"),
+                });
+            }
             if !st.containers[idx].running {
                 st.run(idx, now);
                 st.emit(idx, "start", None, now);

@@ -79,6 +79,10 @@ pub struct ContainerSpec {
     pub labels: BTreeMap<String, String>,
     /// Network to join, with the aliases other containers reach this one by.
     pub network: Option<(String, Vec<String>)>,
+    /// Join this container's network namespace instead (`container:NAME`; `network` is
+    /// then None). The engine keeps NAME's id if a container has that name at create
+    /// (a new container of that name then needs a new joiner), else the name.
+    pub join: Option<String>,
     /// `SOURCE:TARGET[:ro]`, SOURCE a volume name or an absolute host path.
     pub binds: Vec<String>,
     pub ports: Vec<Port>,
@@ -110,6 +114,9 @@ pub struct ContainerSummary {
     pub image: String,
     pub labels: BTreeMap<String, String>,
     pub running: bool,
+    /// The container whose network namespace this one joins, if it does: an id, or the
+    /// name it was created with if no container had it then.
+    pub joined: Option<String>,
 }
 
 /// A container as inspected.

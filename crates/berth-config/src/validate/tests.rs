@@ -884,3 +884,90 @@ fn offsite_http_endpoints_beyond_loopback_are_warned_about() {
         assert_eq!(offsite_warnings(quiet, ""), Vec::<String>::new(), "{quiet}");
     }
 }
+
+/// GOOD with a holder service `net` (which publishes the bot's port) and `line` added to
+/// the bot (which publishes none), and `net_line` to `net`.
+fn with_holder(line: &str, net_line: &str) -> String {
+    good_with("ports = [\"8000:8000\"]\n", &format!("{line}\n")).replacen(
+        "[backup]",
+        &format!(
+            "[services.net]\nimage = \"pause:3\"\nports = [\"8000:8000\"]\n{net_line}\n\n[backup]"
+        ),
+        1,
+    )
+}
+
+#[test]
+fn a_service_in_another_ones_network_namespace() {
+    let cfg = parse_ok(&with_holder("network = \"service:net\"", ""));
+    let bot = &cfg.services["bot"];
+    assert_eq!(bot.network_of.as_deref(), Some("net"));
+    // Joining is depending: the holder starts first.
+    assert_eq!(bot.depends_on, ["postgres", "redis", "net"]);
+    assert_eq!(cfg.start_order().last().map(String::as_str), Some("bot"));
+    let plain = parse_ok(&with_holder("", ""));
+    assert_ne!(bot.spec_hash(), plain.services["bot"].spec_hash());
+
+    let one_error = |line: &str, net_line: &str, at: &str, col: usize, message: &str| {
+        let src = with_holder(line, net_line);
+        let errs = errors(&src);
+        let l = line_of(&src, at);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(&format!("b.toml:{l}:{col}: {message}"))),
+            "{errs:?}"
+        );
+    };
+    one_error(
+        "network = \"bridge\"",
+        "",
+        "bridge",
+        11,
+        "services.bot.network: \"bridge\": the one form is \"service:NAME\"",
+    );
+    one_error(
+        "network = \"service:nope\"",
+        "",
+        "nope",
+        11,
+        "services.bot.network: unknown service \"nope\"",
+    );
+    one_error(
+        "network = \"service:bot\"",
+        "",
+        "service:bot",
+        11,
+        "services.bot.network: a service cannot join itself",
+    );
+    one_error(
+        "network = \"service:net\"\nports = [\"9000:9000\"]",
+        "",
+        "9000:9000",
+        10,
+        "services.bot.ports: a service in net's network namespace publishes no ports of its own: publish them on net",
+    );
+    one_error(
+        "network = \"service:net\"",
+        "network = \"service:redis\"",
+        "service:net",
+        11,
+        "services.bot.network: net is in another service's network namespace itself: join that one",
+    );
+    one_error(
+        "network = \"service:net\"",
+        "depends_on = [\"bot\"]",
+        "service:net",
+        11,
+        "services.bot.network: net depends on bot, which cannot start before net holds its network",
+    );
+    let src = with_holder("network = \"service:net\"", "").replace(
+        "health_timeout = \"60s\" }",
+        "health_timeout = \"60s\", strategy = \"start-first\" }",
+    );
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("services.bot.network: a start-first deploy would run two containers"),
+        "{errs:?}"
+    );
+}

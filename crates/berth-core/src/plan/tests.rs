@@ -4,15 +4,20 @@ use proptest::prelude::*;
 
 use super::*;
 
-/// A config with services given as (name, image, depends_on).
+/// A config with services given as (name, image, depends_on); a dependency written
+/// `net:X` is `network = "service:X"` instead.
 fn config(services: &[(&str, &str, &[&str])]) -> Config {
     let mut src = String::from("[supervisor]\nproject = \"p\"\n");
     for (name, image, deps) in services {
+        let (nets, deps): (Vec<&str>, Vec<&str>) = deps.iter().partition(|d| d.starts_with("net:"));
         let deps: Vec<String> = deps.iter().map(|d| format!("{d:?}")).collect();
         src.push_str(&format!(
             "[services.{name}]\nimage = {image:?}\nvolumes = [\"{name}data:/data\"]\ndepends_on = [{}]\n",
             deps.join(", ")
         ));
+        for n in nets {
+            src.push_str(&format!("network = \"service:{}\"\n", &n[4..]));
+        }
     }
     berth_config::parse_str(Path::new("t.toml"), &src, &|_| None).expect("valid test config")
 }
@@ -32,6 +37,7 @@ fn container(cfg: &Config, svc: &str, id: &str, running: bool) -> ObservedContai
         service: svc.into(),
         spec_hash: cfg.services[svc].spec_hash(),
         running,
+        joined: None,
     }
 }
 
@@ -253,6 +259,21 @@ fn missing_volume_and_network_are_created_even_when_containers_run() {
     );
 }
 
+/// A new container of `service`, joined (as the engine does at create) to the one its
+/// network holder has now.
+fn made(cfg: &Config, o: &Observed, service: &str, id: String, running: bool) -> ObservedContainer {
+    let joined = cfg.services[service].network_of.as_ref().and_then(|h| {
+        o.containers
+            .iter()
+            .find(|c| &c.service == h)
+            .map(|c| c.id.clone())
+    });
+    ObservedContainer {
+        joined,
+        ..container(cfg, service, &id, running)
+    }
+}
+
 /// Executes actions against an in-memory engine, as the real executor does.
 fn apply(cfg: &Config, mut o: Observed, actions: &[Action]) -> Observed {
     let mut next_id = 1000;
@@ -272,14 +293,14 @@ fn apply(cfg: &Config, mut o: Observed, actions: &[Action]) -> Observed {
             }
             Action::CreateContainer { service, .. } => {
                 next_id += 1;
-                o.containers
-                    .push(container(cfg, service, &format!("new{next_id}"), false));
+                let c = made(cfg, &o, service, format!("new{next_id}"), false);
+                o.containers.push(c);
             }
             Action::ReplaceContainer { service, id, .. } => {
                 next_id += 1;
                 o.containers.retain(|c| &c.id != id);
-                o.containers
-                    .push(container(cfg, service, &format!("new{next_id}"), true));
+                let c = made(cfg, &o, service, format!("new{next_id}"), true);
+                o.containers.push(c);
             }
             Action::StartContainer { service } => {
                 for c in o.containers.iter_mut().filter(|c| &c.service == service) {
@@ -293,6 +314,7 @@ fn apply(cfg: &Config, mut o: Observed, actions: &[Action]) -> Observed {
 
 const NAMES: [&str; 4] = ["postgres", "redis", "bot", "worker"];
 const IMAGES: [&str; 3] = ["a:1", "a:2", "b:1"];
+const HOLDS: [&str; 4] = ["net:postgres", "net:redis", "net:bot", "net:worker"];
 
 /// A config with a random subset of services (each may depend on earlier ones).
 fn arb_config() -> impl Strategy<Value = Config> {
@@ -309,6 +331,16 @@ fn arb_config() -> impl Strategy<Value = Config> {
                     .filter(|(j, _)| deps & (1 << j) != 0)
                     .map(|(_, c)| c.0)
                     .collect();
+                let mut d = d;
+                // The last service may live in an earlier one's network namespace
+                // (one that holds its own).
+                if NAMES[i] == "worker" && deps & 0x80 != 0 {
+                    let holder = chosen.iter().map(|c| c.0).find(|n| d.contains(n));
+                    if let Some(h) = holder {
+                        d.retain(|x| *x != h);
+                        d.push(HOLDS[NAMES.iter().position(|n| *n == h).unwrap_or(0)]);
+                    }
+                }
                 chosen.push((NAMES[i], IMAGES[*img], d));
             }
             let refs: Vec<(&str, &str, &[&str])> = chosen
@@ -326,14 +358,17 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
     (
         arb_config(),
         any::<bool>(),
-        proptest::collection::vec((0..NAMES.len(), any::<bool>(), any::<bool>()), 0..6),
+        proptest::collection::vec(
+            (0..NAMES.len(), any::<bool>(), any::<bool>(), 0..8usize),
+            0..6,
+        ),
     )
         .prop_map(|(other, net, cs)| {
             let mut o = Observed::default();
             if net {
                 o.networks.insert("p".into());
             }
-            for (i, (svc, running, from_other)) in cs.into_iter().enumerate() {
+            for (i, (svc, running, from_other, joined)) in cs.into_iter().enumerate() {
                 let name = NAMES[svc];
                 let hash = match other.services.get(name) {
                     Some(s) if from_other => s.spec_hash(),
@@ -345,6 +380,8 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
                     service: name.into(),
                     spec_hash: hash,
                     running,
+                    // Some id of this list, or none.
+                    joined: (joined < 6).then(|| format!("c{joined}")),
                 };
                 // Every other one is a deploy's kept container.
                 if i % 2 == 1 {
@@ -372,7 +409,38 @@ proptest! {
             prop_assert_eq!(n, 1, "service {}", svc);
         }
         prop_assert!(after.kept.iter().all(|c| !c.running), "a kept container runs");
+        // And each container in another's network namespace joined the one it has.
+        for (svc, s) in &cfg.services {
+            let Some(h) = &s.network_of else { continue };
+            let holder = after.containers.iter().find(|c| &c.service == h).map(|c| &c.id);
+            let joiner = after.containers.iter().find(|c| &c.service == svc);
+            prop_assert_eq!(joiner.and_then(|c| c.joined.as_ref()), holder, "{} joined", svc);
+        }
         prop_assert_eq!(after.containers.len(), cfg.services.len());
+    }
+
+    #[test]
+    fn a_container_in_another_ones_namespace_ends_up_joined_to_the_one_it_has(
+        cs in proptest::collection::vec((any::<bool>(), any::<bool>(), any::<bool>(), 0..4usize), 0..5),
+    ) {
+        let cfg = config(&[("bot", "a:1", &[]), ("worker", "a:1", &["net:bot"])]);
+        // Containers of both, running or not, current or stale, joined to any of them.
+        let mut observed = infra(&cfg);
+        for (i, (worker, running, current, joined)) in cs.into_iter().enumerate() {
+            let svc = if worker { "worker" } else { "bot" };
+            let mut c = container(&cfg, svc, &format!("c{i}"), running);
+            if !current {
+                c.spec_hash = "stale".into();
+            }
+            c.joined = worker.then(|| format!("c{joined}"));
+            observed.containers.push(c);
+        }
+        let first = plan(&cfg, &observed, &Held::new(), &Rejected::new());
+        let after = apply(&cfg, observed, &first);
+        let bot = after.containers.iter().find(|c| c.service == "bot").map(|c| &c.id);
+        let worker = after.containers.iter().find(|c| c.service == "worker");
+        prop_assert_eq!(worker.and_then(|c| c.joined.as_ref()), bot);
+        prop_assert_eq!(plan(&cfg, &after, &Held::new(), &Rejected::new()), vec![]);
     }
 
     #[test]
@@ -398,4 +466,73 @@ fn dependants_come_dependants_first() {
     assert_eq!(dependants(&cfg, "db"), vec!["bot", "api"]);
     assert_eq!(dependants(&cfg, "cache"), vec!["bot"]);
     assert!(dependants(&cfg, "bot").is_empty());
+}
+
+#[test]
+fn a_container_in_a_holders_namespace_is_made_anew_when_the_holder_is_not_the_one_it_joined() {
+    let cfg = config(&[("net", "pause", &[]), ("bot", "bot:1", &["net:net"])]);
+    let holder = |running| container(&cfg, "net", "h1", running);
+    let bot = |joined: &str, running| ObservedContainer {
+        joined: Some(joined.into()),
+        ..container(&cfg, "bot", "b1", running)
+    };
+    let run = |cs: Vec<ObservedContainer>| {
+        let mut o = infra(&cfg);
+        o.containers = cs;
+        lines(&plan(&cfg, &o, &Held::new(), &Rejected::new()))
+    };
+    let made_anew = vec![
+        "remove container p-bot of bot: the net container whose network it joined is gone or restarting",
+    ];
+    // Both up, joined: adopted.
+    assert!(run(vec![holder(true), bot("h1", true)]).is_empty());
+    // Joined by name (created before the holder was): adopted too.
+    assert!(run(vec![holder(true), bot("p-net", true)]).is_empty());
+    // The holder stopped (a crash, by hand): its namespace is gone; the bot is made
+    // anew after the holder is started again.
+    assert_eq!(
+        run(vec![holder(false), bot("h1", true)]),
+        [
+            made_anew.clone(),
+            vec![
+                "start net",
+                "create container for bot: no container",
+                "start bot"
+            ]
+        ]
+        .concat()
+    );
+    // Both stopped: the bot joins the holder again when started after it.
+    assert_eq!(
+        run(vec![holder(false), bot("h1", false)]),
+        ["start net", "start bot"]
+    );
+    // The holder was removed and made again: the bot's container joined the old one.
+    assert_eq!(
+        run(vec![holder(true), bot("h0", true)]),
+        [
+            made_anew.clone(),
+            vec!["create container for bot: no container", "start bot"]
+        ]
+        .concat()
+    );
+    // No holder container at all.
+    assert_eq!(
+        run(vec![bot("h1", true)]),
+        [
+            made_anew,
+            vec![
+                "create container for net: no container",
+                "start net",
+                "create container for bot: no container",
+                "start bot"
+            ]
+        ]
+        .concat()
+    );
+    // A deploy holds the holder: the bot is left as it is.
+    let mut o = infra(&cfg);
+    o.containers = vec![bot("h0", true)];
+    let held: Held = ["net".to_string()].into();
+    assert!(plan(&cfg, &o, &held, &Rejected::new()).is_empty());
 }

@@ -1,5 +1,6 @@
 //! Small engine helpers the tasks share.
 
+use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
@@ -7,6 +8,31 @@ use berth_config::Config;
 use berth_engine::{ContainerDetails, Engine, EngineError, Output};
 use futures::StreamExt;
 use tracing::info;
+
+/// The service's address on the project's network: its container's own, or, for one in
+/// another service's network namespace, that service's container's (None if it has none).
+pub async fn address(
+    engine: &dyn Engine,
+    cfg: &Config,
+    service: &str,
+    details: &ContainerDetails,
+) -> Option<IpAddr> {
+    let net = cfg.network_name();
+    match cfg
+        .services
+        .get(service)
+        .and_then(|s| s.network_of.as_ref())
+    {
+        Some(h) => engine
+            .inspect_container(&cfg.container_name(h))
+            .await
+            .ok()?
+            .ips
+            .get(&net)
+            .copied(),
+        None => details.ips.get(&net).copied(),
+    }
+}
 
 /// The image is on this host, pulled from its registry if it was not.
 pub async fn ensure_image(engine: &dyn Engine, cfg: &Config, image: &str) -> anyhow::Result<()> {

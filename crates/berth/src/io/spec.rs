@@ -42,7 +42,12 @@ pub fn container_spec(cfg: &Config, svc: &Service) -> ContainerSpec {
         user: svc.user.clone(),
         env: svc.env_list(),
         labels,
-        network: Some((cfg.network_name(), vec![svc.name.clone()])),
+        // In another service's namespace, that one has the network, address and alias.
+        network: match svc.network_of {
+            Some(_) => None,
+            None => Some((cfg.network_name(), vec![svc.name.clone()])),
+        },
+        join: svc.network_of.as_ref().map(|h| cfg.container_name(h)),
         binds,
         ports: svc
             .ports
@@ -96,6 +101,7 @@ pub async fn observe(
             id: c.id,
             name: c.name,
             running: c.running,
+            joined: c.joined,
         };
         // A migration container carries no service label: it never gets here.
         if kept {

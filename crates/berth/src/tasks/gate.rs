@@ -12,7 +12,7 @@ use berth_engine::ContainerDetails;
 use tracing::info;
 
 use crate::hub::Hub;
-use crate::io::containers::started_at;
+use crate::io::containers::{address, started_at};
 use crate::io::probe;
 use crate::progress;
 
@@ -137,7 +137,7 @@ pub async fn start_and_wait_marked(
     hub.engine.start_container(id).await?;
     steps.push(Mark::new("running", SystemTime::now()));
     let details = hub.engine.inspect_container(id).await?;
-    let ip = details.ips.get(&hub.config().network_name()).copied();
+    let ip = address(hub.engine.as_ref(), &hub.config(), &svc.name, &details).await;
     hub.update_service(&svc.name, |s| {
         s.ip = ip;
         s.since = started_at(&details);

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::hub::{Hub, mono_now};
-use crate::io::containers::{ensure_image, ignore_not_found, short, started_at};
+use crate::io::containers::{address, ensure_image, ignore_not_found, short, started_at};
 use crate::io::spec;
 use crate::tasks::deployer::Deployer;
 use crate::tasks::gate;
@@ -425,7 +425,7 @@ impl Reconciler {
             anyhow::bail!("no container");
         };
         let details = hub.engine.inspect_container(&id).await?;
-        let ip = details.ips.get(&cfg.network_name()).copied();
+        let ip = address(hub.engine.as_ref(), cfg, name, &details).await;
         let already_healthy = hub.read(|snap| {
             snap.services
                 .get(name)

@@ -1498,3 +1498,50 @@ async fn a_deploy_finds_the_old_container_even_when_the_hub_lost_track_of_it() {
     assert_eq!(k.fake.container("p-bot.previous").map(|c| c.id), Some(old));
     assert_eq!(running_names(&k), vec!["p-bot".to_string()]);
 }
+
+const NET_AND_APP: &str = "[services.net]\nimage = \"pause:1\"\n\n[services.app]\nimage = \"app:1\"\nnetwork = \"service:net\"\n";
+
+#[tokio::test(start_paused = true)]
+async fn a_network_holder_that_crashed_is_restarted_and_then_what_is_in_its_namespace() {
+    let k = kit(NET_AND_APP);
+    k.reconciler().converge().await.expect("first pass");
+    let net = k.fake.container("p-net").expect("holder");
+    let app = k.fake.container("p-app").expect("app");
+    assert_eq!(app.joined.as_deref(), Some(net.id.as_str()));
+    // The app's address is the holder's: its own container has none.
+    let ip = k.hub.read(|s| s.services["app"].ip);
+    assert!(ip.is_some());
+    assert_eq!(ip, net.ips.values().next().copied());
+    k.subscribed().await;
+    let before = k.changes().len();
+    k.fake.crash("p-net", 137).expect("crash");
+    k.until(Duration::from_secs(5), "app restarted", |k| {
+        k.starts_of("p-app") == 2 && k.running("p-app")
+    })
+    .await;
+    assert_eq!(
+        k.changes()[before..],
+        ["start pause:1", "stop app:1", "start app:1"],
+        "the holder first, then the app stopped and started again in its namespace"
+    );
+    assert!(k.running("p-net"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_network_holder_made_anew_has_what_is_in_its_namespace_made_anew() {
+    let k = kit(NET_AND_APP);
+    k.reconciler().converge().await.expect("first pass");
+    let old = k.fake.container("p-net").expect("holder").id;
+    // Someone removes the holder by hand: the app's container joined its id for good.
+    k.fake.remove_container(&old, true).await.expect("remove");
+    k.reconciler().converge().await.expect("second pass");
+    let net = k.fake.container("p-net").expect("new holder");
+    let app = k.fake.container("p-app").expect("new app");
+    assert_ne!(net.id, old);
+    assert_eq!(app.joined.as_deref(), Some(net.id.as_str()));
+    assert!(k.running("p-net") && k.running("p-app"));
+    // And a third pass changes nothing.
+    let before = k.changes().len();
+    k.reconciler().converge().await.expect("third pass");
+    assert_eq!(k.changes().len(), before);
+}

@@ -301,7 +301,8 @@ fn write_env(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The demo stack, as the tests run it (probes every 2 s), with a backup folder on the
+/// The demo stack, as the tests run it (probes every 2 s) with the bot in `bot-net`'s
+/// network namespace as the demo config has it, with a backup folder on the
 /// run's small file system. Restart backoff stops at 10 s: a service killed every minute
 /// by the run would otherwise be treated as the crash loop it resembles (backoff up to
 /// 5 min), which is not what the soak measures.
@@ -335,9 +336,14 @@ env = {{ UPDATE_IDS = "clock" }}
 probe = {{ http = {{ port = 8081, path = "/healthz" }}, interval = "2s" }}
 restart = {{ reset_after = "20s", max_backoff = "10s" }}
 
+[services.bot-net]
+image = "berth-demo/pause:1"
+restart = {{ reset_after = "20s", max_backoff = "10s" }}
+
 [services.bot]
 image = "berth-demo/bot:1"
 depends_on = ["postgres", "redis", "telegram"]
+network = "service:bot-net"
 env = {{ DATABASE_URL = "postgresql://bot:${{POSTGRES_PASSWORD}}@postgres:5432/bot", REDIS_URL = "redis://redis:6379/0", TELEGRAM_BOT_TOKEN = "${{TELEGRAM_BOT_TOKEN}}", TELEGRAM_API_BASE = "http://telegram:8081", POLL_TIMEOUT = "2", CHAOS_RELOAD = "{reload_gen}" }}
 read_only = true
 tmpfs = ["/tmp"]

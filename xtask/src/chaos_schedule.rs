@@ -31,8 +31,9 @@ impl Rng {
     }
 }
 
-/// The demo stack's services, in the order the schedule names them.
-pub const SERVICES: [&str; 4] = ["postgres", "redis", "telegram", "bot"];
+/// The demo stack's services, in the order the schedule names them (`bot-net` holds
+/// the bot's network namespace, as in the demo config).
+pub const SERVICES: [&str; 5] = ["postgres", "redis", "telegram", "bot", "bot-net"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -143,7 +144,7 @@ pub fn schedule(seed: u64, minutes: u64) -> Vec<Fault> {
     let mut t = Duration::from_secs(rng.range(2, 6));
     while t < last {
         let w = rng.range(0, 99);
-        let svc = SERVICES[rng.range(0, 3) as usize];
+        let svc = SERVICES[rng.range(0, SERVICES.len() as u64 - 1) as usize];
         let kind = match w {
             0..=17 => Kind::Kill(svc),
             18..=25 => Kind::DockerStop(svc),

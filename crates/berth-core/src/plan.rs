@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::time::SystemTime;
 
 use berth_config::Config;
 
@@ -36,6 +37,9 @@ pub struct ObservedContainer {
     /// The container whose network namespace it joins (`network = "service:H"`): its
     /// id, fixed when this one was created, or its name if none had it then.
     pub joined: Option<String>,
+    /// When it last started, for the containers of a network holder and of the services
+    /// in its namespace (None for the others, and when not known).
+    pub started_at: Option<SystemTime>,
 }
 
 /// Why a container is (re)created or removed; shown by `berth plan` and in logs.
@@ -51,9 +55,10 @@ pub enum Reason {
     /// A deploy's kept container running while no deploy holds its service: with the
     /// service's own, two would run (two pollers, two servers on one volume).
     KeptRunning,
-    /// It joined the network namespace of a container of `holder` that is gone or about
-    /// to be (re)started: its own network went with it, and a container joins a
-    /// namespace only when it is created.
+    /// It runs in, or joined, a network namespace of `holder`'s that is gone: the
+    /// holder's container was removed, restarted or is about to start. A stopped one
+    /// joins the holder's namespace of then when started; one that joined a container
+    /// that is gone is made anew.
     NetworkHolder {
         holder: String,
     },
@@ -67,12 +72,10 @@ impl fmt::Display for Reason {
             Reason::ServiceRemoved => write!(f, "service no longer in the file"),
             Reason::Duplicate => write!(f, "duplicate container for the service"),
             Reason::KeptRunning => write!(f, "a deploy's kept container is running"),
-            Reason::NetworkHolder { holder } => {
-                write!(
-                    f,
-                    "the {holder} container whose network it joined is gone or restarting"
-                )
-            }
+            Reason::NetworkHolder { holder } => write!(
+                f,
+                "the network namespace it joined went with {holder}'s container (gone, restarted or about to start)"
+            ),
         }
     }
 }
@@ -221,9 +224,20 @@ pub fn plan(
             });
         }
     }
-    // Per service planned so far: the container it keeps (id, name), and whether this
-    // plan starts it (None: it gets a new one, or it is held and nobody knows).
-    let mut outcome: BTreeMap<String, Option<(String, String, bool)>> = BTreeMap::new();
+    // A holder is left as it is while a service in its namespace is held: a deploy of
+    // that service creates and rolls back in the holder's namespace of now.
+    let mut held = held.clone();
+    for (name, svc) in &desired.services {
+        if let Some(h) = &svc.network_of
+            && held.contains(name)
+        {
+            held.insert(h.clone());
+        }
+    }
+    let held = &held;
+    // Per service planned so far: the container it keeps, and whether this plan starts
+    // it (None: it gets a new one, or it is held and nobody knows).
+    let mut outcome: BTreeMap<String, Option<Holder>> = BTreeMap::new();
     for name in desired.start_order() {
         // A held service is someone else's business for now (a deploy or restore in
         // progress): no create, start or removal.
@@ -232,28 +246,39 @@ pub fn plan(
             continue;
         }
         let want = desired.services[&name].spec_hash();
-        let mut found = by_service.get(name.as_str()).cloned().unwrap_or_default();
-        // A container in another's network namespace lives on that container: one that
-        // joined a container now gone, or one about to be started again, has no network.
+        let mut found: Vec<ObservedContainer> = by_service
+            .get(name.as_str())
+            .map(|v| v.iter().map(|c| (*c).clone()).collect())
+            .unwrap_or_default();
         if let Some(holder) = &desired.services[&name].network_of
             && let Some(h) = outcome.get(holder)
             && !held.contains(holder)
         {
-            let (stale, keep): (Vec<_>, Vec<_>) = found.iter().partition(|c| match h {
-                // The engine keeps the name it was given when no container had it yet.
-                Some((id, name, restarts)) => {
-                    let joined = c.joined.as_deref();
-                    (joined != Some(id) && joined != Some(name)) || (*restarts && c.running)
+            let reason = || Reason::NetworkHolder {
+                holder: holder.clone(),
+            };
+            let mut keep = Vec::new();
+            for mut c in found {
+                match h.as_ref().map(|h| h.verdict(&c)) {
+                    // Made without the holder (a change adds `network`): the spec hash
+                    // differs, and the change is the usual gated replacement.
+                    _ if c.joined.is_none() => keep.push(c),
+                    Some(Joined::Same) => keep.push(c),
+                    Some(Joined::Stale) => {
+                        // Started again, it joins the namespace the holder has then.
+                        removals.push(Action::StopContainer {
+                            service: c.service.clone(),
+                            id: c.id.clone(),
+                            name: c.name.clone(),
+                            reason: reason(),
+                        });
+                        c.running = false;
+                        keep.push(c);
+                    }
+                    // Joined a container that is gone or about to be: a container joins
+                    // a namespace only when it is created.
+                    Some(Joined::Gone) | None => removals.push(remove(&c, reason())),
                 }
-                None => true,
-            });
-            for c in stale {
-                removals.push(remove(
-                    c,
-                    Reason::NetworkHolder {
-                        holder: holder.clone(),
-                    },
-                ));
             }
             found = keep;
         }
@@ -264,10 +289,10 @@ pub fn plan(
             it.max_by_key(|c| (c.running, std::cmp::Reverse(c.id.clone())))
                 .cloned()
         };
-        let keep = best(&mut found.iter().copied().filter(|c| c.spec_hash == want));
+        let keep = best(&mut found.iter().filter(|c| c.spec_hash == want));
         let old = match keep {
             Some(_) => None,
-            None => best(&mut found.iter().copied()),
+            None => best(&mut found.iter()),
         };
         let primary = keep.as_ref().or(old.as_ref()).map(|c| c.id.clone());
         for c in &found {
@@ -283,11 +308,15 @@ pub fn plan(
                 removals.push(remove(c, reason));
             }
         }
+        let holder = |c: &ObservedContainer| Holder {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            running_since: c.started_at.filter(|_| c.running),
+            starts: !c.running,
+        };
         let kept_as = match (&keep, &old) {
-            (Some(c), _) => Some((c.id.clone(), c.name.clone(), !c.running)),
-            (None, Some(o)) if rejected.get(&name) == Some(&want) => {
-                Some((o.id.clone(), o.name.clone(), !o.running))
-            }
+            (Some(c), _) => Some(holder(c)),
+            (None, Some(o)) if rejected.get(&name) == Some(&want) => Some(holder(o)),
             _ => None,
         };
         outcome.insert(name.clone(), kept_as);
@@ -343,6 +372,46 @@ pub fn dependants(cfg: &Config, service: &str) -> Vec<String> {
         .rev()
         .filter(|n| found.contains(n))
         .collect()
+}
+
+/// The container a network holder keeps through a plan.
+struct Holder {
+    id: String,
+    name: String,
+    /// When it started, if it runs and stays running through the plan.
+    running_since: Option<SystemTime>,
+    /// The plan starts it.
+    starts: bool,
+}
+
+/// Where a container in a holder's namespace stands.
+enum Joined {
+    /// In the namespace the holder has.
+    Same,
+    /// Joined the holder's container, but runs in a namespace that died with an earlier
+    /// run of it (or will when the plan starts it): it needs a restart.
+    Stale,
+    /// Joined another container.
+    Gone,
+}
+
+impl Holder {
+    fn verdict(&self, c: &ObservedContainer) -> Joined {
+        // The engine keeps the name it was given when no container had it yet.
+        let joined = c.joined.as_deref();
+        if joined != Some(self.id.as_str()) && joined != Some(self.name.as_str()) {
+            return Joined::Gone;
+        }
+        let older = match (c.started_at, self.running_since) {
+            (Some(mine), Some(its)) => mine < its,
+            _ => false,
+        };
+        if c.running && (self.starts || older) {
+            Joined::Stale
+        } else {
+            Joined::Same
+        }
+    }
 }
 
 fn remove(c: &ObservedContainer, reason: Reason) -> Action {

@@ -1,4 +1,5 @@
 use std::path::Path;
+use std::time::Duration;
 
 use proptest::prelude::*;
 
@@ -38,6 +39,7 @@ fn container(cfg: &Config, svc: &str, id: &str, running: bool) -> ObservedContai
         spec_hash: cfg.services[svc].spec_hash(),
         running,
         joined: None,
+        started_at: None,
     }
 }
 
@@ -287,8 +289,10 @@ fn apply(cfg: &Config, mut o: Observed, actions: &[Action]) -> Observed {
             }
             Action::RemoveContainer { id, .. } => o.containers.retain(|c| &c.id != id),
             Action::StopContainer { id, .. } => {
-                for c in o.kept.iter_mut().filter(|c| &c.id == id) {
-                    c.running = false;
+                for c in o.kept.iter_mut().chain(o.containers.iter_mut()) {
+                    if &c.id == id {
+                        c.running = false;
+                    }
                 }
             }
             Action::CreateContainer { service, .. } => {
@@ -303,8 +307,10 @@ fn apply(cfg: &Config, mut o: Observed, actions: &[Action]) -> Observed {
                 o.containers.push(c);
             }
             Action::StartContainer { service } => {
+                next_id += 1;
                 for c in o.containers.iter_mut().filter(|c| &c.service == service) {
                     c.running = true;
+                    c.started_at = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(next_id));
                 }
             }
         }
@@ -382,6 +388,7 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
                     running,
                     // Some id of this list, or none.
                     joined: (joined < 6).then(|| format!("c{joined}")),
+                    started_at: None,
                 };
                 // Every other one is a deploy's kept container.
                 if i % 2 == 1 {
@@ -469,11 +476,16 @@ fn dependants_come_dependants_first() {
 }
 
 #[test]
-fn a_container_in_a_holders_namespace_is_made_anew_when_the_holder_is_not_the_one_it_joined() {
+fn a_container_in_a_holders_namespace_follows_the_holders_container() {
     let cfg = config(&[("net", "pause", &[]), ("bot", "bot:1", &["net:net"])]);
-    let holder = |running| container(&cfg, "net", "h1", running);
-    let bot = |joined: &str, running| ObservedContainer {
+    let at = |s: u64| Some(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+    let holder = |running, since| ObservedContainer {
+        started_at: since,
+        ..container(&cfg, "net", "h1", running)
+    };
+    let bot = |joined: &str, running, since| ObservedContainer {
         joined: Some(joined.into()),
+        started_at: since,
         ..container(&cfg, "bot", "b1", running)
     };
     let run = |cs: Vec<ObservedContainer>| {
@@ -481,58 +493,67 @@ fn a_container_in_a_holders_namespace_is_made_anew_when_the_holder_is_not_the_on
         o.containers = cs;
         lines(&plan(&cfg, &o, &Held::new(), &Rejected::new()))
     };
-    let made_anew = vec![
-        "remove container p-bot of bot: the net container whose network it joined is gone or restarting",
-    ];
-    // Both up, joined: adopted.
-    assert!(run(vec![holder(true), bot("h1", true)]).is_empty());
+    let why = "the network namespace it joined went with net's container (gone, restarted or about to start)";
+    let stop = format!("stop container p-bot of bot: {why}");
+    let remove = format!("remove container p-bot of bot: {why}");
+    // Both up, the bot started after the holder: adopted.
+    assert!(run(vec![holder(true, at(10)), bot("h1", true, at(11))]).is_empty());
     // Joined by name (created before the holder was): adopted too.
-    assert!(run(vec![holder(true), bot("p-net", true)]).is_empty());
-    // The holder stopped (a crash, by hand): its namespace is gone; the bot is made
-    // anew after the holder is started again.
+    assert!(run(vec![holder(true, at(10)), bot("p-net", true, at(11))]).is_empty());
+    // The holder was started again after the bot (a crash restart, `berth restart`, a
+    // rollback): the bot runs in the namespace that died, and is started again.
     assert_eq!(
-        run(vec![holder(false), bot("h1", true)]),
-        [
-            made_anew.clone(),
-            vec![
-                "start net",
-                "create container for bot: no container",
-                "start bot"
-            ]
-        ]
-        .concat()
+        run(vec![holder(true, at(12)), bot("h1", true, at(11))]),
+        [stop.as_str(), "start bot"]
     );
-    // Both stopped: the bot joins the holder again when started after it.
+    // The holder stopped: the bot is stopped, and started after the holder.
     assert_eq!(
-        run(vec![holder(false), bot("h1", false)]),
+        run(vec![holder(false, at(10)), bot("h1", true, at(11))]),
+        [stop.as_str(), "start net", "start bot"]
+    );
+    // Both stopped (a reboot): started in order, nothing made anew.
+    assert_eq!(
+        run(vec![holder(false, at(10)), bot("h1", false, at(11))]),
         ["start net", "start bot"]
     );
     // The holder was removed and made again: the bot's container joined the old one.
     assert_eq!(
-        run(vec![holder(true), bot("h0", true)]),
+        run(vec![holder(true, at(10)), bot("h0", true, at(11))]),
         [
-            made_anew.clone(),
-            vec!["create container for bot: no container", "start bot"]
+            remove.as_str(),
+            "create container for bot: no container",
+            "start bot"
         ]
-        .concat()
     );
     // No holder container at all.
     assert_eq!(
-        run(vec![bot("h1", true)]),
+        run(vec![bot("h1", true, at(11))]),
         [
-            made_anew,
-            vec![
-                "create container for net: no container",
-                "start net",
-                "create container for bot: no container",
-                "start bot"
-            ]
+            remove.as_str(),
+            "create container for net: no container",
+            "start net",
+            "create container for bot: no container",
+            "start bot"
         ]
-        .concat()
     );
-    // A deploy holds the holder: the bot is left as it is.
+    // A bot container made before `network` was added: the usual gated replacement.
+    let plain = config(&[("net", "pause", &[]), ("bot", "bot:1", &[])]);
+    let got = run(vec![
+        holder(true, at(10)),
+        container(&plain, "bot", "b0", true),
+    ]);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("replace container p-bot of bot: spec changed"),
+        "{got:?}"
+    );
+    // A deploy holds the bot: the bot and its holder are left as they are.
     let mut o = infra(&cfg);
-    o.containers = vec![bot("h0", true)];
+    o.containers = vec![holder(false, at(10)), bot("h0", true, at(11))];
+    let held: Held = ["bot".to_string()].into();
+    assert!(plan(&cfg, &o, &held, &Rejected::new()).is_empty());
+    // A deploy holds the holder: the bot is left as it is.
+    o.containers = vec![bot("h0", true, at(11))];
     let held: Held = ["net".to_string()].into();
     assert!(plan(&cfg, &o, &held, &Rejected::new()).is_empty());
 }

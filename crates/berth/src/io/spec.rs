@@ -1,11 +1,13 @@
 //! Config → engine terms: what a service's container looks like, and what the engine has.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use berth_config::{Config, Service, VolumeSource};
 use berth_core::deploy::Role;
 use berth_core::{LABEL_PROJECT, LABEL_SERVICE, LABEL_SPEC_HASH, ObservedContainer};
-use berth_engine::{ContainerSpec, Engine, Port};
+use berth_engine::{ContainerSpec, Engine, EngineError, Port};
+
+use crate::io::containers::started_at;
 
 /// Labels on networks and volumes of a project.
 pub fn project_labels(cfg: &Config) -> BTreeMap<String, String> {
@@ -102,12 +104,35 @@ pub async fn observe(
             name: c.name,
             running: c.running,
             joined: c.joined,
+            started_at: None,
         };
         // A migration container carries no service label: it never gets here.
         if kept {
             observed.kept.push(o);
         } else {
             observed.containers.push(o);
+        }
+    }
+    // When the running containers of network holders and of the services in their
+    // namespaces started: one started before its holder runs in a namespace that died.
+    let related: BTreeSet<&str> = cfg
+        .services
+        .values()
+        .filter_map(|s| Some([s.network_of.as_deref()?, s.name.as_str()]))
+        .flatten()
+        .collect();
+    let looks = observed
+        .containers
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.running && related.contains(c.service.as_str()))
+        .map(|(i, c)| async move { (i, engine.inspect_container(&c.id).await) });
+    for (i, r) in futures::future::join_all(looks).await {
+        match r {
+            Ok(d) => observed.containers[i].started_at = started_at(&d),
+            // Gone since the listing: the next pass sees it so.
+            Err(EngineError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(observed)

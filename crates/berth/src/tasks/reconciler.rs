@@ -38,6 +38,8 @@ struct Pass<'a> {
     done: watch::Receiver<BTreeSet<String>>,
     /// Services with work in this pass.
     busy: &'a BTreeSet<String>,
+    /// Services whose container this pass replaces.
+    replaced: &'a BTreeSet<String>,
     started: std::time::Instant,
 }
 
@@ -238,6 +240,14 @@ impl Reconciler {
             .filter(|(_, a)| !a.is_empty())
             .map(|(s, _)| s.clone())
             .collect();
+        let replaced: BTreeSet<String> = per_service
+            .iter()
+            .filter(|(_, a)| {
+                a.iter()
+                    .any(|a| matches!(a, Action::ReplaceContainer { .. }))
+            })
+            .map(|(s, _)| s.clone())
+            .collect();
         // Services whose bring-up in this pass is over (or will not happen): a dependant
         // waiting on one of them that is not healthy gives up at once instead of waiting.
         let (done_tx, done_rx) = watch::channel(settled);
@@ -246,6 +256,7 @@ impl Reconciler {
             cfg: &cfg,
             done: done_rx,
             busy: &busy,
+            replaced: &replaced,
             started: pass_started,
         };
         let pass = &pass;
@@ -304,6 +315,26 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Stops a service's container that runs in a network namespace its holder no longer
+    /// has (it is started again, after the holder, in the one it has then).
+    async fn stop_joiner(&self, service: &str, id: &str, grace: Duration) -> anyhow::Result<()> {
+        let hub = &self.hub;
+        if hub.is_held(service) {
+            return Ok(());
+        }
+        warn!(service = %service, container = %short(id), "its network holder's namespace is gone: stopping it, to start it in the holder's new one");
+        hub.stop_container(id, grace)
+            .await
+            .or_else(ignore_not_found)?;
+        hub.update_service(service, |s| {
+            if s.container_id.as_deref() == Some(id) {
+                s.state = State::Exited;
+                s.health = Health::Unhealthy;
+            }
+        });
+        Ok(())
+    }
+
     async fn stop_and_remove(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
         self.hub
             .stop_container(id, grace)
@@ -331,18 +362,34 @@ impl Reconciler {
             .settings(name)
             .unwrap_or_else(|| cfg.services[name].clone());
         let mut actions = actions;
-        while let Some(Action::StopContainer { id, name: kept, .. }) = actions.first() {
-            self.stop_kept(id, svc.stop_grace_period)
-                .await
-                .with_context(|| format!("stopping container {kept}"))?;
+        while let Some(Action::StopContainer {
+            id,
+            name: container,
+            reason,
+            ..
+        }) = actions.first()
+        {
+            let stopped = match reason {
+                berth_core::Reason::NetworkHolder { .. } => {
+                    self.stop_joiner(name, id, svc.stop_grace_period).await
+                }
+                _ => self.stop_kept(id, svc.stop_grace_period).await,
+            };
+            stopped.with_context(|| format!("stopping container {container}"))?;
             actions.remove(0);
         }
         let mut id = existing;
         let mut created_early = false;
         // A new container is made while its dependencies come up, so only its start waits
         // for them (on this engine a create is 50–150 ms of a cold start's critical path).
+        // Not in a namespace whose holder this pass replaces: it would join the old one.
+        let holder_replaced = cfg.services[name]
+            .network_of
+            .as_ref()
+            .is_some_and(|h| pass.replaced.contains(h));
         if let Some(Action::CreateContainer { .. }) = actions.first()
             && !hub.is_held(name)
+            && !holder_replaced
         {
             let new = &cfg.services[name];
             ensure_image(hub.engine.as_ref(), cfg, &new.image).await?;

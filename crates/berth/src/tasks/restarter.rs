@@ -397,44 +397,18 @@ async fn restart_after(
             .probe
             .as_ref()
             .map_or(Duration::ZERO, |p| p.start_timeout);
-        gate::until_healthy(&hub, svc, &details, ip, timeout).await?;
-        restart_joiners(&hub, &cfg, &service).await;
-        anyhow::Ok(())
+        // The containers in its network namespace lost their network with it: a pass
+        // sees they started before it, and starts them again in the namespace it has now.
+        if cfg
+            .services
+            .values()
+            .any(|s| s.network_of.as_deref() == Some(service.as_str()))
+        {
+            hub.request_reconcile();
+        }
+        gate::until_healthy(&hub, svc, &details, ip, timeout).await
     };
     if let Err(e) = r.await {
         warn!(service = %service, error = %format!("{e:#}"), "not healthy after restart");
-    }
-}
-
-/// The containers in `holder`'s network namespace lost their network when its container
-/// stopped; it runs again (same container), so each of them is restarted and joins the
-/// namespace it has now. (A holder's container made anew is the planner's business: a
-/// container joins a namespace only when it is created.)
-async fn restart_joiners(hub: &Arc<Hub>, cfg: &berth_config::Config, holder: &str) {
-    for (name, svc) in &cfg.services {
-        if svc.network_of.as_deref() != Some(holder) || hub.is_held(name) {
-            continue;
-        }
-        let Some(id) = hub.current_container(name) else {
-            continue;
-        };
-        info!(service = %name, holder, "restarting: the container whose network namespace it joined was restarted");
-        if let Err(e) = hub.stop_container(&id, svc.stop_grace_period).await {
-            warn!(service = %name, error = %e, "stopping a container whose network namespace is gone");
-        }
-        hub.update_service(name, |s| {
-            if s.container_id.as_deref() == Some(id.as_str()) {
-                s.state = State::Exited;
-                s.health = Health::Unhealthy;
-            }
-        });
-        Box::pin(restart_after(
-            hub.clone(),
-            name.clone(),
-            id,
-            Duration::ZERO,
-            true,
-        ))
-        .await;
     }
 }

@@ -415,6 +415,7 @@ impl Engine for DockerEngine {
             .map_err(err(format!("container {id}")))?;
         let state = c.state.unwrap_or_default();
         let config = c.config.unwrap_or_default();
+        let host = c.host_config;
         let net = c.network_settings.unwrap_or_default();
         let ips = net
             .networks
@@ -453,8 +454,12 @@ impl Engine for DockerEngine {
             started_at: state.started_at,
             finished_at: state.finished_at,
             ips,
-            restart_policy: c
-                .host_config
+            joined: host
+                .as_ref()
+                .and_then(|h| h.network_mode.as_deref())
+                .and_then(|m| m.strip_prefix("container:"))
+                .map(str::to_string),
+            restart_policy: host
                 .and_then(|h| h.restart_policy)
                 .and_then(|r| r.name)
                 .map(|n| n.to_string()),

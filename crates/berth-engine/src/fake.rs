@@ -262,6 +262,7 @@ impl FakeContainer {
             started_at: Some(self.started_at.clone()),
             finished_at: Some(self.finished_at.clone()),
             ips: self.ips.clone(),
+            joined: self.joined.clone(),
             restart_policy: Some("no".to_string()),
             published: self.published.clone(),
         }

@@ -136,6 +136,9 @@ pub struct ContainerDetails {
     pub finished_at: Option<String>,
     /// IP address on each network, by network name.
     pub ips: BTreeMap<String, IpAddr>,
+    /// The container whose network namespace this one joins: an id, or a name (as in
+    /// [`ContainerSummary::joined`]).
+    pub joined: Option<String>,
     pub restart_policy: Option<String>,
     /// Published ports: (host ip, host port, container port/proto).
     pub published: Vec<(String, String, String)>,

@@ -923,6 +923,33 @@ impl Deployer {
         let started = Instant::now();
         let cfg = hub.config();
         let svc = service_config(&cfg, service)?;
+        let name = cfg.container_name(service);
+        let previous_name = Role::Previous.name(&name);
+        let previous = hub
+            .engine
+            .inspect_container(&previous_name)
+            .await
+            .with_context(|| format!("{service} has no previous version to roll back to"))?;
+        let previous_image = previous.image.clone();
+        // It joined its network holder's container of then: one made anew since cannot
+        // take it in, and nothing may change (a database restored) before that is known.
+        if let Some(h) = &svc.network_of {
+            let holder = cfg.container_name(h);
+            let holder_id = hub
+                .engine
+                .inspect_container(&holder)
+                .await
+                .ok()
+                .map(|d| d.id);
+            let joined = previous.joined.as_deref();
+            if joined != Some(holder.as_str())
+                && joined.is_none_or(|j| Some(j) != holder_id.as_deref())
+            {
+                bail!(
+                    "{service}'s previous container cannot start: it joined a {h} container that is gone ({h} was made anew since); deploy its image instead: berth deploy {service} {previous_image}"
+                );
+            }
+        }
         let (pre_deploy, _backups) = if restore_db {
             (
                 Some(self.pre_deploy_backup(&cfg, service).await?),
@@ -931,19 +958,11 @@ impl Deployer {
         } else {
             (None, None)
         };
-        let name = cfg.container_name(service);
-        let previous_name = Role::Previous.name(&name);
         // The data about to be replaced, so that the restore can be undone.
         let safety = match &pre_deploy {
             Some(_) => Some(self.backups.safety_backup(&cfg).await),
             None => None,
         };
-        let previous = hub
-            .engine
-            .inspect_container(&previous_name)
-            .await
-            .with_context(|| format!("{service} has no previous version to roll back to"))?;
-        let previous_image = previous.image.clone();
         let record = |from: String, outcome: Outcome, interruption: Option<Duration>| Record {
             service: service.to_string(),
             image: previous_image.clone(),

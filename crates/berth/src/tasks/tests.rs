@@ -1572,3 +1572,33 @@ async fn a_change_of_a_network_holder_brings_what_runs_in_its_namespace_up_in_th
     assert_eq!(app.joined.as_deref(), Some(net.id.as_str()));
     assert_eq!(k.fake.running_containers().len(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_to_a_container_whose_network_holder_is_gone_changes_nothing() {
+    let k = kit(NET_AND_APP);
+    k.reconciler().converge().await.expect("first pass");
+    k.deployer
+        .deploy("app", "app:2", false, Turn::Refuse)
+        .await
+        .expect("deploy");
+    assert!(k.fake.container("p-app.previous").is_some());
+    // The holder is made anew: `.previous` joined the old one.
+    let old = k.fake.container("p-net").expect("holder").id;
+    k.fake.remove_container(&old, true).await.expect("remove");
+    k.reconciler().converge().await.expect("pass");
+    assert!(k.running("p-app"));
+    k.fake.clear_calls();
+    let err = k
+        .deployer
+        .rollback("app", false)
+        .await
+        .expect_err("refused");
+    assert!(
+        format!("{err:#}").contains(
+            "app's previous container cannot start: it joined a net container that is gone"
+        ),
+        "{err:#}"
+    );
+    assert!(k.changes().is_empty(), "{:?}", k.changes());
+    assert!(k.running("p-app"));
+}

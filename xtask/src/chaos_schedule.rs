@@ -217,15 +217,20 @@ mod tests {
     }
 
     #[test]
-    fn an_hour_has_over_300_faults_of_every_kind() {
+    fn an_hour_has_over_300_faults_of_nearly_every_kind() {
+        let mut all = std::collections::BTreeSet::new();
         for seed in [1, 2, 3, 1234] {
             let s = schedule(seed, 60);
             assert!(s.len() >= 300, "seed {seed}: {} faults", s.len());
             let names: std::collections::BTreeSet<String> =
                 s.iter().map(|f| f.kind.name()).collect();
-            // 4 services × 3 container faults + 10 others.
-            assert_eq!(names.len(), 22, "seed {seed}: {names:?}");
+            // The rarest kinds (a docker rm of one service: about 4 an hour) may miss
+            // an hour.
+            assert!(names.len() >= 23, "seed {seed}: {names:?}");
+            all.extend(names);
         }
+        // 5 services (bot-net among them) × 3 container faults + 10 others.
+        assert_eq!(all.len(), 25, "{all:?}");
     }
 
     #[test]

@@ -227,15 +227,7 @@ services:
     image: bot:1
     network_mode: host
 "#;
-    let env = BTreeMap::new();
-    let out = import(&Input {
-        yaml,
-        dir: Path::new("/srv/app"),
-        env: &env,
-        env_file: None,
-        project: "app",
-    })
-    .expect("import");
+    let out = import_text(yaml).expect("import");
     let notes = out.notes.join("\n");
     assert!(
         notes.contains(

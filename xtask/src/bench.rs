@@ -329,9 +329,14 @@ fn compose_all_healthy(project: &str) -> bool {
     if ids.len() < 4 {
         return false;
     }
-    let mut args = vec!["inspect", "-f", "{{.State.Health.Status}}"];
+    // A container with no healthcheck (bot-net's pause) counts when it runs.
+    let mut args = vec![
+        "inspect",
+        "-f",
+        "{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}",
+    ];
     args.extend(ids);
-    docker(&args).is_ok_and(|s| s.lines().all(|l| l == "healthy"))
+    docker(&args).is_ok_and(|s| s.lines().all(|l| l == "healthy" || l == "running"))
 }
 
 /// The engine's container events of a project in [from, to] (unix ms): (ms, action, name).

@@ -435,7 +435,7 @@ fn cold_start(bin: &Path, dir: &Path, runs: usize) -> anyhow::Result<(Result, St
             anchor: a,
             unit: "ms",
             goal: "≤ 0.6",
-            note: "nothing → all four services healthy; compose polls healthchecks every 1 s; bound: postgres's first initdb and the bot's start after its dependencies (see the timeline)".into(),
+            note: "nothing → every service healthy; compose polls healthchecks every 1 s; bound: postgres's first initdb and the bot's start after its dependencies (see the timeline)".into(),
         },
         timeline,
     ))
@@ -698,7 +698,10 @@ fn health_rps(bin: &Path, dir: &Path, quick: bool) -> anyhow::Result<Result> {
     let secs = if quick { 3 } else { 10 };
     let b = wrk(&format!("http://127.0.0.1:{port}/health"), secs)?;
     let a = wrk(&format!("http://127.0.0.1:{nport}/health"), secs)?;
-    let _ = nginx.kill();
+    // SIGTERM: the master stops its workers (a SIGKILL left them running, orphaned).
+    let _ = Command::new("kill")
+        .args(["-TERM", &nginx.id().to_string()])
+        .status();
     let _ = nginx.wait();
     drop(berth);
     clean(project);

@@ -262,7 +262,7 @@ pub fn plan(
                 match h.as_ref().map(|h| h.verdict(&c)) {
                     // Made without the holder (a change adds `network`): the spec hash
                     // differs, and the change is the usual gated replacement.
-                    _ if c.joined.is_none() => keep.push(c),
+                    _ if c.joined.is_none() && c.spec_hash != want => keep.push(c),
                     Some(Joined::Same) => keep.push(c),
                     Some(Joined::Stale) => {
                         // Started again, it joins the namespace the holder has then.

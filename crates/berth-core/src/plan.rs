@@ -395,11 +395,16 @@ enum Joined {
     Gone,
 }
 
+/// Whether a container that joined `joined` (as the engine reports it) is in the
+/// namespace of the holder container named `name`, whose id is `id` if known: the engine
+/// keeps the id, or the name it was given when no container had it yet.
+pub fn joins(joined: Option<&str>, name: &str, id: Option<&str>) -> bool {
+    joined.is_some_and(|j| j == name || Some(j) == id)
+}
+
 impl Holder {
     fn verdict(&self, c: &ObservedContainer) -> Joined {
-        // The engine keeps the name it was given when no container had it yet.
-        let joined = c.joined.as_deref();
-        if joined != Some(self.id.as_str()) && joined != Some(self.name.as_str()) {
+        if !joins(c.joined.as_deref(), &self.name, Some(&self.id)) {
             return Joined::Gone;
         }
         let older = match (c.started_at, self.running_since) {

@@ -137,6 +137,11 @@ fn label_filter(label: &str, value: &str) -> HashMap<String, Vec<String>> {
     HashMap::from([("label".to_string(), vec![format!("{label}={value}")])])
 }
 
+/// The container a network mode `container:X` joins (X, an id or a name).
+fn joined(network_mode: Option<&str>) -> Option<String> {
+    network_mode?.strip_prefix("container:").map(str::to_string)
+}
+
 fn to_btree(m: Option<HashMap<String, String>>) -> BTreeMap<String, String> {
     m.unwrap_or_default().into_iter().collect()
 }
@@ -262,10 +267,7 @@ impl Engine for DockerEngine {
                 running: c
                     .state
                     .is_some_and(|s| s.to_string().eq_ignore_ascii_case("running")),
-                joined: c
-                    .host_config
-                    .and_then(|h| h.network_mode)
-                    .and_then(|m| m.strip_prefix("container:").map(str::to_string)),
+                joined: joined(c.host_config.and_then(|h| h.network_mode).as_deref()),
             })
             .collect())
     }
@@ -454,11 +456,7 @@ impl Engine for DockerEngine {
             started_at: state.started_at,
             finished_at: state.finished_at,
             ips,
-            joined: host
-                .as_ref()
-                .and_then(|h| h.network_mode.as_deref())
-                .and_then(|m| m.strip_prefix("container:"))
-                .map(str::to_string),
+            joined: joined(host.as_ref().and_then(|h| h.network_mode.as_deref())),
             restart_policy: host
                 .and_then(|h| h.restart_policy)
                 .and_then(|r| r.name)

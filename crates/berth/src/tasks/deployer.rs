@@ -941,10 +941,7 @@ impl Deployer {
                 .await
                 .ok()
                 .map(|d| d.id);
-            let joined = previous.joined.as_deref();
-            if joined != Some(holder.as_str())
-                && joined.is_none_or(|j| Some(j) != holder_id.as_deref())
-            {
+            if !berth_core::plan::joins(previous.joined.as_deref(), &holder, holder_id.as_deref()) {
                 bail!(
                     "{service}'s previous container cannot start: it joined a {h} container that is gone ({h} was made anew since); deploy its image instead: berth deploy {service} {previous_image}"
                 );

@@ -1,7 +1,26 @@
 //! Probe verdicts: a service is unhealthy, and restarted, after `failures` failed probes
 //! in a row; one failure alone changes nothing yet.
 
+use std::time::Duration;
+
+use berth_config::ProbeKind;
+
 use crate::snapshot::Health;
+
+/// How long a starting service waits between probes until its first success, `elapsed`
+/// after the wait began. A probe that only tries a connection (a refused one costs a few
+/// microseconds) is repeated every 20 ms for the first 10 s, so a start is seen within
+/// 20 ms instead of 100 (a cold start waits for two in a row: the database, then the bot);
+/// later, and for an exec probe (a process started in the container each time), every
+/// 100 ms.
+pub fn starting_interval(kind: &ProbeKind, elapsed: Duration) -> Duration {
+    let cheap = !matches!(kind, ProbeKind::Exec { .. });
+    if cheap && elapsed < Duration::from_secs(10) {
+        Duration::from_millis(20)
+    } else {
+        Duration::from_millis(100)
+    }
+}
 
 /// Failed probes in a row of one running container.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -54,6 +73,30 @@ impl ProbeStreak {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_starting_service_is_probed_fast_while_a_probe_is_cheap() {
+        let tcp = ProbeKind::Tcp { port: 1 };
+        let exec = ProbeKind::Exec {
+            command: vec!["true".into()],
+        };
+        let ms = Duration::from_millis;
+        let cases = [
+            (&tcp, ms(0), ms(20)),
+            (&tcp, ms(9_999), ms(20)),
+            (&tcp, ms(10_000), ms(100)),
+            (&tcp, Duration::MAX, ms(100)),
+            (&exec, ms(0), ms(100)),
+            (&exec, ms(20_000), ms(100)),
+        ];
+        for (kind, elapsed, want) in cases {
+            assert_eq!(
+                starting_interval(kind, elapsed),
+                want,
+                "{kind:?} {elapsed:?}"
+            );
+        }
+    }
 
     /// One row: threshold, results in order → (health change, restart) after each.
     #[test]

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::bail;
 use berth_config::Service;
 use berth_core::deploy::Mark;
+use berth_core::probe::starting_interval;
 use berth_core::snapshot::{Health, State};
 use berth_engine::ContainerDetails;
 use tracing::info;
@@ -16,10 +17,7 @@ use crate::io::containers::{address, started_at};
 use crate::io::probe;
 use crate::progress;
 
-/// How often a starting service is probed until it first passes.
-pub const FAST_PROBE: Duration = Duration::from_millis(100);
-
-/// Probes every [`FAST_PROBE`] until the first success, the container's exit, or
+/// Probes fast (`berth_core::probe::starting_interval`) until the first success, the container's exit, or
 /// `timeout`; the service's status follows.
 pub async fn until_healthy(
     hub: &Hub,
@@ -103,7 +101,7 @@ pub async fn until_healthy(
             );
         }
         tokio::select! {
-            () = tokio::time::sleep(FAST_PROBE) => {}
+            () = tokio::time::sleep(starting_interval(&p.kind, began.elapsed())) => {}
             () = &mut died => return Err(exited()),
         }
     }

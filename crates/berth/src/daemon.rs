@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use anyhow::Context as _;
 use berth_config::Config;
 use berth_core::deploy::DeployState;
 use berth_engine::{DockerEngine, Engine};
@@ -29,7 +30,27 @@ use crate::tasks::{alerts, offsite, prober, resources};
 /// How long the HTTP server gets to finish its answers at shutdown.
 const HTTP_DRAIN: Duration = Duration::from_secs(2);
 
-pub async fn run(file: Config, path: PathBuf) -> anyhow::Result<()> {
+/// The signals the daemon answers, registered before anything else is done: until a
+/// handler is in place, a SIGHUP (reload) kills the process, its default action.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Must be called inside the runtime (tokio's signal driver).
+    pub fn register() -> anyhow::Result<Self> {
+        let reg = |kind: SignalKind| signal(kind).context("installing a signal handler");
+        Ok(Self {
+            term: reg(SignalKind::terminate())?,
+            int: reg(SignalKind::interrupt())?,
+            hup: reg(SignalKind::hangup())?,
+        })
+    }
+}
+
+pub async fn run(file: Config, path: PathBuf, signals: Signals) -> anyhow::Result<()> {
     info!(config = %file.path.display(), project = %file.supervisor.project, services = file.services.len(), "berth starting");
     for w in &file.warnings {
         warn!(warning = %w, "config");
@@ -37,9 +58,11 @@ pub async fn run(file: Config, path: PathBuf) -> anyhow::Result<()> {
     let state_dir = file.supervisor.state_dir.clone();
     statefile::private_dir(&state_dir)?;
     let listener = http::bind(file.supervisor.health_listen).await?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
 
     // Connects on first use: while the engine is down berth still serves /health and
     // alerts, and converges as soon as it answers.

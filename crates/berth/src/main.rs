@@ -142,12 +142,26 @@ fn main() -> ExitCode {
             lines,
         } => with_config(&config, |cfg| cmd::logs::logs(cfg, service, follow, lines)),
         Command::Run { config, log_json } => {
+            // Signal handlers first: a reload asked for while the config is read is seen
+            // once the daemon runs, instead of killing it.
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => return exit(Err(e)),
+            };
+            let signals = {
+                let _in_runtime = rt.enter();
+                daemon::Signals::register()
+            };
+            let signals = match signals {
+                Ok(s) => s,
+                Err(e) => return exit(Err(e)),
+            };
             let cfg = match load_or_exit(&config.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             logging::init(log_json);
-            let r = runtime().and_then(|rt| rt.block_on(daemon::run(cfg, config.config)));
+            let r = rt.block_on(daemon::run(cfg, config.config, signals));
             if let Err(e) = &r {
                 error!(error = %format!("{e:#}"), "berth stopped with an error");
             }

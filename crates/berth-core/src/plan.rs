@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use berth_config::Config;
 
@@ -62,6 +62,23 @@ pub enum Reason {
     NetworkHolder {
         holder: String,
     },
+}
+
+/// The most a container is given to stop when the network namespace it runs in is gone
+/// (its holder's container stopped or was removed): it can reach nothing, so a bot's
+/// "finish the poll in flight" would only wait out its whole grace period (10 s seen in
+/// the soak), all of it downtime.
+pub const DEAD_NAMESPACE_GRACE: Duration = Duration::from_secs(2);
+
+impl Reason {
+    /// How long a container stopped or removed for this reason is given before SIGKILL,
+    /// when its service asks for `configured`.
+    pub fn stop_grace(&self, configured: Duration) -> Duration {
+        match self {
+            Reason::NetworkHolder { .. } => configured.min(DEAD_NAMESPACE_GRACE),
+            _ => configured,
+        }
+    }
 }
 
 impl fmt::Display for Reason {

@@ -5,6 +5,24 @@ use proptest::prelude::*;
 
 use super::*;
 
+#[test]
+fn a_container_whose_network_namespace_is_gone_gets_a_short_grace() {
+    let s = Duration::from_secs;
+    let holder = Reason::NetworkHolder {
+        holder: "net".into(),
+    };
+    let cases = [
+        (&holder, s(15), s(2)),
+        (&holder, s(1), s(1)),
+        (&Reason::Missing, s(15), s(15)),
+        (&Reason::KeptRunning, s(30), s(30)),
+        (&Reason::ServiceRemoved, s(15), s(15)),
+    ];
+    for (reason, configured, want) in cases {
+        assert_eq!(reason.stop_grace(configured), want, "{reason:?}");
+    }
+}
+
 /// A config with services given as (name, image, depends_on); a dependency written
 /// `net:X` is `network = "service:X"` instead.
 fn config(services: &[(&str, &str, &[&str])]) -> Config {

@@ -172,12 +172,16 @@ impl Reconciler {
                     .await
                     .with_context(|| format!("creating volume {name}"))?,
                 Action::RemoveContainer {
-                    service, id, name, ..
+                    service,
+                    id,
+                    name,
+                    reason,
                 } => {
-                    let grace = cfg
-                        .services
-                        .get(service)
-                        .map_or(Duration::from_secs(10), |s| s.stop_grace_period);
+                    let grace = reason.stop_grace(
+                        cfg.services
+                            .get(service)
+                            .map_or(Duration::from_secs(10), |s| s.stop_grace_period),
+                    );
                     self.stop_and_remove(id, grace)
                         .await
                         .with_context(|| format!("removing container {name}"))?;
@@ -369,11 +373,10 @@ impl Reconciler {
             ..
         }) = actions.first()
         {
+            let grace = reason.stop_grace(svc.stop_grace_period);
             let stopped = match reason {
-                berth_core::Reason::NetworkHolder { .. } => {
-                    self.stop_joiner(name, id, svc.stop_grace_period).await
-                }
-                _ => self.stop_kept(id, svc.stop_grace_period).await,
+                berth_core::Reason::NetworkHolder { .. } => self.stop_joiner(name, id, grace).await,
+                _ => self.stop_kept(id, grace).await,
             };
             stopped.with_context(|| format!("stopping container {container}"))?;
             actions.remove(0);

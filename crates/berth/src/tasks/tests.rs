@@ -1499,6 +1499,18 @@ async fn a_deploy_finds_the_old_container_even_when_the_hub_lost_track_of_it() {
     assert_eq!(running_names(&k), vec!["p-bot".to_string()]);
 }
 
+/// The grace periods of the engine's stops of container `id`, in order.
+fn stop_graces(k: &Kit, id: &str) -> Vec<Duration> {
+    k.fake
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::Stop { id: i, grace } if i == id => Some(grace),
+            _ => None,
+        })
+        .collect()
+}
+
 const NET_AND_APP: &str = "[services.net]\nimage = \"pause:1\"\n\n[services.app]\nimage = \"app:1\"\nnetwork = \"service:net\"\n";
 
 #[tokio::test(start_paused = true)]
@@ -1513,6 +1525,7 @@ async fn a_network_holder_that_crashed_is_restarted_and_then_what_runs_in_its_na
     assert!(ip.is_some());
     assert_eq!(ip, net.ips.values().next().copied());
     k.subscribed().await;
+    k.fake.clear_calls();
     let before = k.changes().len();
     k.fake.crash("p-net", 137).expect("crash");
     k.until(Duration::from_secs(5), "holder restarted", |k| {
@@ -1526,6 +1539,8 @@ async fn a_network_holder_that_crashed_is_restarted_and_then_what_runs_in_its_na
         ["start pause:1", "stop app:1", "start app:1"],
         "the holder first, then the app stopped and started again in its namespace"
     );
+    // Nothing reachable from a dead namespace: the app's 10 s grace is capped.
+    assert_eq!(stop_graces(&k, &app.id), [Duration::from_secs(2)]);
     assert!(k.running("p-net") && k.running("p-app"));
     let before = k.changes().len();
     k.reconciler().converge().await.expect("pass");
@@ -1538,8 +1553,10 @@ async fn a_network_holder_made_anew_has_what_is_in_its_namespace_made_anew() {
     k.reconciler().converge().await.expect("first pass");
     let old = k.fake.container("p-net").expect("holder").id;
     // Someone removes the holder by hand: the app's container joined its id for good.
+    let old_app = k.fake.container("p-app").expect("app").id;
     k.fake.remove_container(&old, true).await.expect("remove");
     k.reconciler().converge().await.expect("second pass");
+    assert_eq!(stop_graces(&k, &old_app), [Duration::from_secs(2)]);
     let net = k.fake.container("p-net").expect("new holder");
     let app = k.fake.container("p-app").expect("new app");
     assert_ne!(net.id, old);

@@ -7,6 +7,7 @@
 //! - [`alerts`]: snapshots → incident messages;
 //! - [`schedule`] and [`retention`]: when backups run and which are kept;
 //! - [`deploy`]: deploy records, image overrides, container roles, start-up recovery;
+//! - [`start_order`]: which of the services started together starts first;
 //! - [`secrets`]: the values never to print, and scrubbing them out;
 //! - [`forced`]: what `berth ssh-command` lets a CI key run.
 //!
@@ -24,6 +25,7 @@ pub mod retention;
 pub mod schedule;
 pub mod secrets;
 pub mod snapshot;
+pub mod start_order;
 pub mod time;
 
 pub use plan::{

@@ -98,6 +98,11 @@ pub async fn run(file: Config, path: PathBuf, signals: Signals) -> anyhow::Resul
         warn!(error = %format!("{e:#}"), "saving the deploy state");
     }
     let hub = Hub::new(engine, cfg);
+    // Only an ordering hint for starts: a damaged file is reported and forgotten.
+    match statefile::load_start_times(&state_dir) {
+        Ok(t) => hub.set_start_times(t),
+        Err(e) => warn!(error = %format!("{e:#}"), "reading the start times"),
+    }
     let offsite_wake = Arc::new(Notify::new());
     let backups = Backups::new(hub.clone(), offsite_wake.clone());
     let deployer = Deployer::new(

@@ -52,6 +52,10 @@ pub struct Hub {
     /// The configs in force before the current one (the newest last): the settings a
     /// running container was made with, when a change to them fails.
     history: Mutex<std::collections::VecDeque<Arc<Config>>>,
+    /// How long each service took from its start to healthy the last time a convergence
+    /// pass started it (kept in `state_dir`; `berth_core::start_order` reads it), and
+    /// whether that changed since it was last saved.
+    start_times: Mutex<(BTreeMap<String, Duration>, bool)>,
 }
 
 /// Configs kept in [`Hub::settings_of`]'s history.
@@ -85,7 +89,31 @@ impl Hub {
             beats: Mutex::new(BTreeMap::new()),
             rejected: Mutex::new(BTreeMap::new()),
             history: Mutex::new(std::collections::VecDeque::new()),
+            start_times: Mutex::new((BTreeMap::new(), false)),
         })
+    }
+
+    /// How long `service` took from its start to healthy the last time a pass started it.
+    pub fn start_time(&self, service: &str) -> Option<Duration> {
+        lock(&self.start_times).0.get(service).copied()
+    }
+
+    /// Notes how long `service` took from its start to healthy.
+    pub fn learn_start_time(&self, service: &str, took: Duration) {
+        let mut t = lock(&self.start_times);
+        t.0.insert(service.to_string(), took);
+        t.1 = true;
+    }
+
+    /// The times as read back from `state_dir` at start-up.
+    pub fn set_start_times(&self, times: BTreeMap<String, Duration>) {
+        *lock(&self.start_times) = (times, false);
+    }
+
+    /// The times, if they changed since the last call (to be saved).
+    pub fn changed_start_times(&self) -> Option<BTreeMap<String, Duration>> {
+        let mut t = lock(&self.start_times);
+        std::mem::take(&mut t.1).then(|| t.0.clone())
     }
 
     /// The config in force.

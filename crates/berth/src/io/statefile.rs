@@ -110,6 +110,36 @@ pub fn save_held(
     )
 }
 
+fn start_times_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("start-times.json")
+}
+
+/// How long each service took from its start to healthy (milliseconds in the file); a
+/// missing file is none.
+pub fn load_start_times(
+    state_dir: &Path,
+) -> anyhow::Result<std::collections::BTreeMap<String, std::time::Duration>> {
+    let ms: std::collections::BTreeMap<String, u64> = load_json(&start_times_path(state_dir))?;
+    Ok(ms
+        .into_iter()
+        .map(|(k, v)| (k, std::time::Duration::from_millis(v)))
+        .collect())
+}
+
+pub fn save_start_times(
+    state_dir: &Path,
+    times: &std::collections::BTreeMap<String, std::time::Duration>,
+) -> anyhow::Result<()> {
+    let ms: std::collections::BTreeMap<&String, u64> = times
+        .iter()
+        .map(|(k, v)| (k, u64::try_from(v.as_millis()).unwrap_or(u64::MAX)))
+        .collect();
+    write_atomic(
+        &start_times_path(state_dir),
+        serde_json::to_string(&ms)?.as_bytes(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

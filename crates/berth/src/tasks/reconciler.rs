@@ -12,14 +12,14 @@ use anyhow::Context as _;
 use berth_config::{Config, Service};
 use berth_core::deploy::Role;
 use berth_core::snapshot::{Health, State};
-use berth_core::{Action, LABEL_SERVICE};
+use berth_core::{Action, LABEL_SERVICE, start_order};
 use berth_engine::EngineError;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::hub::{Hub, mono_now};
 use crate::io::containers::{address, ensure_image, ignore_not_found, short, started_at};
-use crate::io::spec;
+use crate::io::{off_runtime, spec, statefile};
 use crate::tasks::deployer::Deployer;
 use crate::tasks::gate;
 use crate::tasks::restarter::Restarter;
@@ -41,6 +41,10 @@ struct Pass<'a> {
     /// Services whose container this pass replaces.
     replaced: &'a BTreeSet<String>,
     started: std::time::Instant,
+    /// The service whose start goes first (`berth_core::start_order`), and whether its
+    /// start has returned.
+    lead: Option<String>,
+    lead_started: watch::Sender<bool>,
 }
 
 pub struct Reconciler {
@@ -252,6 +256,27 @@ impl Reconciler {
             })
             .map(|(s, _)| s.clone())
             .collect();
+        let lead = {
+            let healthy =
+                |d: &String| hub.read(|s| s.services.get(d).is_some_and(|st| st.is_healthy()));
+            let starting: BTreeMap<String, Option<Duration>> = per_service
+                .iter()
+                .filter(|(name, acts)| {
+                    !operated.contains(*name)
+                        && acts
+                            .iter()
+                            .any(|a| matches!(a, Action::StartContainer { .. }))
+                        && cfg.services.get(*name).is_some_and(|s| {
+                            s.depends_on.iter().all(|d| !busy.contains(d) && healthy(d))
+                        })
+                })
+                .map(|(name, _)| (name.clone(), hub.start_time(name)))
+                .collect();
+            start_order::lead(&starting)
+        };
+        if let Some(l) = &lead {
+            info!(service = %l, took_ms = hub.start_time(l).map_or(0, |t| t.as_millis() as u64), "starts first: it took longest to come up last time");
+        }
         // Services whose bring-up in this pass is over (or will not happen): a dependant
         // waiting on one of them that is not healthy gives up at once instead of waiting.
         let (done_tx, done_rx) = watch::channel(settled);
@@ -262,6 +287,8 @@ impl Reconciler {
             busy: &busy,
             replaced: &replaced,
             started: pass_started,
+            lead,
+            lead_started: watch::channel(false).0,
         };
         let pass = &pass;
         let ups = cfg.start_order().into_iter().map(|name| {
@@ -290,6 +317,12 @@ impl Reconciler {
             }
         });
         let results = futures::future::join_all(ups).await;
+        if let Some(times) = hub.changed_start_times() {
+            let dir = cfg.supervisor.state_dir.clone();
+            if let Err(e) = off_runtime(move || statefile::save_start_times(&dir, &times)).await {
+                warn!(error = %format!("{e:#}"), "saving the start times");
+            }
+        }
         let failed = results.iter().filter(|r| r.is_err()).count();
         if failed > 0 {
             let summary = hub.read(|s| s.summary(SystemTime::now()));
@@ -443,7 +476,7 @@ impl Reconciler {
         } else {
             svc
         };
-        let mut started = false;
+        let mut started = None;
         for a in &actions {
             // Held since the pass was planned (a `berth stop`, a deploy that began while
             // this pass waited for dependencies): the holder's now, not this pass's.
@@ -464,9 +497,15 @@ impl Reconciler {
                     let Some(cid) = id.as_deref() else {
                         anyhow::bail!("no container to start");
                     };
+                    after_lead(pass, name).await;
                     info!(service = %name, container = %short(cid), "starting");
-                    hub.engine.start_container(cid).await?;
-                    started = true;
+                    let began = tokio::time::Instant::now();
+                    let r = hub.engine.start_container(cid).await;
+                    if pass.lead.as_deref() == Some(name) {
+                        pass.lead_started.send_replace(true);
+                    }
+                    r?;
+                    started = Some(began);
                 }
                 _ => {}
             }
@@ -491,13 +530,13 @@ impl Reconciler {
             };
             s.ip = ip;
             s.since = started_at(&details);
-            if started {
+            if started.is_some() {
                 s.next_restart = None;
             }
             if !details.running {
                 s.state = State::Exited;
             } else if !already_healthy {
-                s.state = if started {
+                s.state = if started.is_some() {
                     State::Starting
                 } else {
                     State::Running
@@ -512,7 +551,11 @@ impl Reconciler {
             .probe
             .as_ref()
             .map_or(Duration::ZERO, |p| p.start_timeout);
-        gate::until_healthy(hub, svc, &details, ip, timeout).await
+        gate::until_healthy(hub, svc, &details, ip, timeout).await?;
+        if let Some(began) = started {
+            hub.learn_start_time(name, began.elapsed());
+        }
+        Ok(())
     }
 
     /// Waits until every dependency is healthy and done with its own work in this pass
@@ -568,4 +611,26 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// Waits until the pass's lead has started (or its bring-up ended without a start), at
+/// most `LEAD_WAIT`; at once for the lead itself or when there is none.
+async fn after_lead(pass: &Pass<'_>, name: &str) {
+    let Some(lead) = pass.lead.as_deref().filter(|l| *l != name) else {
+        return;
+    };
+    let mut started = pass.lead_started.subscribe();
+    let mut done = pass.done.clone();
+    let wait = async {
+        loop {
+            if *started.borrow_and_update() || done.borrow_and_update().contains(lead) {
+                return;
+            }
+            tokio::select! {
+                r = started.changed() => if r.is_err() { return },
+                r = done.changed() => if r.is_err() { return },
+            }
+        }
+    };
+    let _ = tokio::time::timeout(start_order::LEAD_WAIT, wait).await;
 }

@@ -1619,3 +1619,63 @@ async fn a_rollback_to_a_container_whose_network_holder_is_gone_changes_nothing(
     assert!(k.changes().is_empty(), "{:?}", k.changes());
     assert!(k.running("p-app"));
 }
+
+const THREE: &str = "[services.a]\nimage = \"a:1\"\n\n[services.b]\nimage = \"b:1\"\n\n[services.zdb]\nimage = \"zdb:1\"\n";
+
+fn starts(k: &Kit) -> Vec<String> {
+    k.changes()
+        .into_iter()
+        .filter(|c| c.starts_with("start "))
+        .collect()
+}
+
+/// Starts compete in the engine: the service that took longest to come up last time
+/// (here zdb, whose name sorts last) starts first, the others once its start returned;
+/// and what each took this time is saved for the next start-up.
+#[tokio::test(start_paused = true)]
+async fn the_service_that_took_longest_to_come_up_last_time_starts_first() {
+    let k = kit(THREE);
+    k.hub.set_start_times(
+        [
+            ("zdb".to_string(), Duration::from_secs(4)),
+            ("a".to_string(), Duration::from_millis(200)),
+        ]
+        .into(),
+    );
+    k.reconciler().converge().await.expect("first pass");
+    assert_eq!(starts(&k), ["start zdb:1", "start a:1", "start b:1"]);
+    let saved = crate::io::statefile::load_start_times(&k.dir.path().join("state"))
+        .expect("start-times.json");
+    assert_eq!(
+        saved.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["a", "b", "zdb"]
+    );
+}
+
+/// With nothing known, all start at once (in the order of the file); a lead whose start
+/// fails holds up no one for the `LEAD_WAIT`.
+#[tokio::test(start_paused = true)]
+async fn starts_without_a_lead_or_after_a_failed_one_go_at_once() {
+    let k = kit(THREE);
+    k.reconciler().converge().await.expect("first pass");
+    assert_eq!(starts(&k), ["start a:1", "start b:1", "start zdb:1"]);
+
+    let k = kit(THREE);
+    k.hub
+        .set_start_times([("zdb".to_string(), Duration::from_secs(4))].into());
+    k.fake.inject_error(
+        CallMatch::once(CallKind::Start).on("p-zdb"),
+        EngineError::Api {
+            what: "start container p-zdb".into(),
+            message: "boom".into(),
+        },
+    );
+    let began = tokio::time::Instant::now();
+    assert!(k.reconciler().converge().await.is_err(), "zdb failed");
+    assert!(k.running("p-a") && k.running("p-b"));
+    assert!(
+        began.elapsed() < berth_core::start_order::LEAD_WAIT,
+        "{:?}",
+        began.elapsed()
+    );
+}

@@ -346,7 +346,12 @@ fn compose_all_healthy(project: &str) -> bool {
 
 /// GET of the Docker engine API on its local socket; the body, or `None` on any failure.
 fn docker_api_get(path: &str) -> Option<String> {
-    let mut s = std::os::unix::net::UnixStream::connect("/var/run/docker.sock").ok()?;
+    // The engine the docker CLI talks to (the other side of these samples).
+    let socket = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        .unwrap_or_else(|| "/var/run/docker.sock".into());
+    let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n").ok()?;
     let mut all = String::new();

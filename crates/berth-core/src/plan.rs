@@ -61,11 +61,15 @@ pub enum Reason {
     /// that is gone is made anew.
     NetworkHolder {
         holder: String,
+        /// The namespace it runs in is gone (no running container holds it): it can
+        /// reach nothing. Not so while a holder's old container still runs (a change of
+        /// the holder replaces it).
+        dead: bool,
     },
 }
 
 /// The most a container is given to stop when the network namespace it runs in is gone
-/// (its holder's container stopped or was removed): it can reach nothing, so a bot's
+/// (the container that held it stopped or was removed): it can reach nothing, so a bot's
 /// "finish the poll in flight" would only wait out its whole grace period (10 s seen in
 /// the soak), all of it downtime.
 pub const DEAD_NAMESPACE_GRACE: Duration = Duration::from_secs(2);
@@ -75,7 +79,7 @@ impl Reason {
     /// when its service asks for `configured`.
     pub fn stop_grace(&self, configured: Duration) -> Duration {
         match self {
-            Reason::NetworkHolder { .. } => configured.min(DEAD_NAMESPACE_GRACE),
+            Reason::NetworkHolder { dead: true, .. } => configured.min(DEAD_NAMESPACE_GRACE),
             _ => configured,
         }
     }
@@ -89,7 +93,7 @@ impl fmt::Display for Reason {
             Reason::ServiceRemoved => write!(f, "service no longer in the file"),
             Reason::Duplicate => write!(f, "duplicate container for the service"),
             Reason::KeptRunning => write!(f, "a deploy's kept container is running"),
-            Reason::NetworkHolder { holder } => write!(
+            Reason::NetworkHolder { holder, .. } => write!(
                 f,
                 "the network namespace it joined went with {holder}'s container (gone, restarted or about to start)"
             ),
@@ -271,8 +275,16 @@ pub fn plan(
             && let Some(h) = outcome.get(holder)
             && !held.contains(holder)
         {
-            let reason = || Reason::NetworkHolder {
+            let reason = |dead| Reason::NetworkHolder {
                 holder: holder.clone(),
+                dead,
+            };
+            // Whether the container `c` joined still runs (its namespace lives on).
+            let alive = |c: &ObservedContainer| {
+                observed
+                    .containers
+                    .iter()
+                    .any(|o| o.running && joins(c.joined.as_deref(), &o.name, Some(o.id.as_str())))
             };
             let mut keep = Vec::new();
             for mut c in found {
@@ -287,14 +299,17 @@ pub fn plan(
                             service: c.service.clone(),
                             id: c.id.clone(),
                             name: c.name.clone(),
-                            reason: reason(),
+                            reason: reason(true),
                         });
                         c.running = false;
                         keep.push(c);
                     }
                     // Joined a container that is gone or about to be: a container joins
                     // a namespace only when it is created.
-                    Some(Joined::Gone) | None => removals.push(remove(&c, reason())),
+                    Some(Joined::Gone) | None => {
+                        let dead = !alive(&c);
+                        removals.push(remove(&c, reason(dead)))
+                    }
                 }
             }
             found = keep;

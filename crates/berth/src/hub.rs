@@ -110,6 +110,11 @@ impl Hub {
         *lock(&self.start_times) = (times, false);
     }
 
+    /// A save of the times failed: the next pass tries again.
+    pub fn start_times_unsaved(&self) {
+        lock(&self.start_times).1 = true;
+    }
+
     /// The times, if they changed since the last call (to be saved).
     pub fn changed_start_times(&self) -> Option<BTreeMap<String, Duration>> {
         let mut t = lock(&self.start_times);

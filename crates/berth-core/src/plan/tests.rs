@@ -8,12 +8,18 @@ use super::*;
 #[test]
 fn a_container_whose_network_namespace_is_gone_gets_a_short_grace() {
     let s = Duration::from_secs;
-    let holder = Reason::NetworkHolder {
+    let dead = Reason::NetworkHolder {
         holder: "net".into(),
+        dead: true,
+    };
+    let alive = Reason::NetworkHolder {
+        holder: "net".into(),
+        dead: false,
     };
     let cases = [
-        (&holder, s(15), s(2)),
-        (&holder, s(1), s(1)),
+        (&dead, s(15), s(2)),
+        (&dead, s(1), s(1)),
+        (&alive, s(15), s(15)),
         (&Reason::Missing, s(15), s(15)),
         (&Reason::KeptRunning, s(30), s(30)),
         (&Reason::ServiceRemoved, s(15), s(15)),
@@ -491,6 +497,50 @@ fn dependants_come_dependants_first() {
     assert_eq!(dependants(&cfg, "db"), vec!["bot", "api"]);
     assert_eq!(dependants(&cfg, "cache"), vec!["bot"]);
     assert!(dependants(&cfg, "bot").is_empty());
+}
+
+/// A joiner's stop is cut short only when nothing holds its namespace any more; while a
+/// changed holder's old container still runs, the joiner can finish what it does.
+#[test]
+fn a_joiner_gets_the_short_grace_only_when_its_namespace_is_gone() {
+    let cfg = config(&[("net", "pause", &[]), ("bot", "bot:1", &["net:net"])]);
+    let at = |s: u64| Some(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+    let holder = |running, since| ObservedContainer {
+        started_at: since,
+        ..container(&cfg, "net", "h1", running)
+    };
+    let bot = |joined: &str| ObservedContainer {
+        joined: Some(joined.into()),
+        started_at: at(11),
+        ..container(&cfg, "bot", "b1", true)
+    };
+    let graces = |cs: Vec<ObservedContainer>| -> Vec<Duration> {
+        let mut o = infra(&cfg);
+        o.containers = cs;
+        plan(&cfg, &o, &Held::new(), &Rejected::new())
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::StopContainer { id, reason, .. }
+                | Action::RemoveContainer { id, reason, .. }
+                    if id == "b1" =>
+                {
+                    Some(reason.stop_grace(Duration::from_secs(10)))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let (short, full) = (Duration::from_secs(2), Duration::from_secs(10));
+    // Restarted holder, stopped holder, holder made anew: the namespace is gone.
+    assert_eq!(graces(vec![holder(true, at(12)), bot("h1")]), [short]);
+    assert_eq!(graces(vec![holder(false, at(10)), bot("h1")]), [short]);
+    assert_eq!(graces(vec![holder(true, at(10)), bot("h0")]), [short]);
+    // The holder's spec changed: its old container, the bot's namespace, still runs.
+    let changed = ObservedContainer {
+        spec_hash: "older".into(),
+        ..holder(true, at(10))
+    };
+    assert_eq!(graces(vec![changed, bot("h1")]), [full]);
 }
 
 #[test]

@@ -18,6 +18,15 @@ pub struct ProbeResult {
 }
 
 impl ProbeResult {
+    /// The connection was refused: nothing listens on the port yet. Told by the text,
+    /// the same for every kind (`Connection refused (os error 111)` from the socket,
+    /// quoted by sqlx, redis and reqwest alike).
+    pub fn refused(&self) -> bool {
+        self.error
+            .as_deref()
+            .is_some_and(|e| e.contains("Connection refused"))
+    }
+
     /// As `/health` shows it.
     pub fn view(&self) -> ProbeView {
         ProbeView::new(self.ok, self.latency, self.at, self.error.clone())

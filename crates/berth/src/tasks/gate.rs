@@ -17,8 +17,8 @@ use crate::io::containers::{address, started_at};
 use crate::io::probe;
 use crate::progress;
 
-/// Probes fast (`berth_core::probe::starting_interval`) until the first success, the container's exit, or
-/// `timeout`; the service's status follows.
+/// Probes fast (`berth_core::probe::starting_interval`) until the first success, the
+/// container's exit, or `timeout`; the service's status follows.
 pub async fn until_healthy(
     hub: &Hub,
     svc: &Service,
@@ -39,6 +39,7 @@ pub async fn until_healthy(
         .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
     let began = tokio::time::Instant::now();
     let mut told = began;
+    let mut shown = None;
     // The container's `die` ends the wait at once: a probe of a dead container can hang
     // for its whole timeout (an address nobody answers), and a rollback or restart waits.
     let died = hub.when_dies(&details.id);
@@ -76,8 +77,14 @@ pub async fn until_healthy(
             });
             return Ok(());
         }
-        hub.update_service(name, |s| s.probe = Some(r.view()));
-        if told.elapsed() >= Duration::from_secs(1) {
+        // A new error at once, the same one at most once a second: every publication
+        // wakes each task that follows the snapshot.
+        let due = told.elapsed() >= Duration::from_secs(1);
+        if due || r.error != shown {
+            hub.update_service(name, |s| s.probe = Some(r.view()));
+            shown = r.error.clone();
+        }
+        if due {
             told = tokio::time::Instant::now();
             progress::say(
                 "health",
@@ -101,7 +108,7 @@ pub async fn until_healthy(
             );
         }
         tokio::select! {
-            () = tokio::time::sleep(starting_interval(&p.kind, began.elapsed())) => {}
+            () = tokio::time::sleep(starting_interval(r.refused(), began.elapsed())) => {}
             () = &mut died => return Err(exited()),
         }
     }

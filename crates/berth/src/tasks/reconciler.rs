@@ -45,6 +45,9 @@ struct Pass<'a> {
     /// start has returned.
     lead: Option<String>,
     lead_started: watch::Sender<bool>,
+    /// The others wait for the lead's start until then at the latest (one deadline for
+    /// the pass: a service waits before its create and again before its start).
+    lead_until: tokio::time::Instant,
 }
 
 pub struct Reconciler {
@@ -304,6 +307,7 @@ impl Reconciler {
             started: pass_started,
             lead,
             lead_started: watch::channel(false).0,
+            lead_until: tokio::time::Instant::now() + start_order::LEAD_WAIT,
         };
         let pass = &pass;
         let ups = cfg.start_order().into_iter().map(|name| {
@@ -432,8 +436,9 @@ impl Reconciler {
         }
         let mut id = existing;
         let mut created_early = false;
-        // A new container is made while its dependencies come up, so only its start waits
-        // for them (on this engine a create is 50–150 ms of a cold start's critical path).
+        // A new container is made while its dependencies come up (once the pass's lead has
+        // started), so only its start waits for them (on this engine a create is 50–150 ms
+        // of a cold start's critical path).
         // Not in a namespace whose holder this pass replaces: it would join the old one.
         let holder_replaced = cfg.services[name]
             .network_of
@@ -639,7 +644,8 @@ impl Reconciler {
 }
 
 /// Waits until the pass's lead has started (or its bring-up ended without a start), at
-/// most `LEAD_WAIT`; at once for the lead itself or when there is none.
+/// most until `LEAD_WAIT` after the pass began; at once for the lead itself or when there
+/// is none.
 async fn after_lead(pass: &Pass<'_>, name: &str) {
     let Some(lead) = pass.lead.as_deref().filter(|l| *l != name) else {
         return;
@@ -657,5 +663,5 @@ async fn after_lead(pass: &Pass<'_>, name: &str) {
             }
         }
     };
-    let _ = tokio::time::timeout(start_order::LEAD_WAIT, wait).await;
+    let _ = tokio::time::timeout_at(pass.lead_until, wait).await;
 }

@@ -1663,6 +1663,21 @@ async fn the_service_that_took_longest_to_come_up_last_time_starts_first() {
     );
 }
 
+/// A lead whose start is slow holds the others up for `LEAD_WAIT` in all, though they
+/// wait for it twice (before their create and before their start).
+#[tokio::test(start_paused = true)]
+async fn a_slow_lead_holds_the_others_up_for_the_lead_wait_at_most() {
+    let k = kit(THREE);
+    k.hub
+        .set_start_times([("zdb".to_string(), Duration::from_secs(4))].into());
+    k.fake.set_start_delay("p-zdb", Duration::from_secs(60));
+    let r = k.reconciler();
+    let pass = tokio::spawn(async move { r.converge().await });
+    tokio::time::sleep(berth_core::start_order::LEAD_WAIT + Duration::from_millis(500)).await;
+    assert!(k.running("p-a") && k.running("p-b"), "{:?}", k.changes());
+    pass.await.expect("pass joined").expect("pass");
+}
+
 /// With nothing known, all start at once (in the order of the file); a lead whose start
 /// fails holds up no one for the `LEAD_WAIT`.
 #[tokio::test(start_paused = true)]

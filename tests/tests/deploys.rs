@@ -372,10 +372,18 @@ fn held_config(stack: &Stack) -> String {
 
 /// The service's container is in the network namespace of container `holder` (an id
 /// as `docker ps` shortens it): joined by its id, or by the name `bot-net`'s container
-/// has (the engine keeps the name when it joined before the holder existed).
+/// has (the engine keeps the name when it joined before the holder existed). False while
+/// the service has no container (berth is between removing it and making it anew).
 fn joins(stack: &Stack, service: &str, holder: &str) -> bool {
-    let mode = stack.inspect_service(service)["HostConfig"]["NetworkMode"].clone();
-    let mode = mode.as_str().unwrap_or_default();
+    let Ok(out) = docker(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.NetworkMode}}",
+        &stack.container_name(service),
+    ]) else {
+        return false;
+    };
+    let mode = out.trim();
     mode.starts_with(&format!("container:{holder}"))
         || mode == format!("container:{}", stack.container_name("bot-net"))
 }

@@ -444,15 +444,13 @@ impl Reconciler {
             .network_of
             .as_ref()
             .is_some_and(|h| pass.replaced.contains(h));
-        if let Some(Action::CreateContainer { .. }) = actions.first() {
+        let create_first = matches!(actions.first(), Some(Action::CreateContainer { .. }));
+        if create_first {
             // Creates compete with the lead's create and start in the engine too
             // (measured: five creates at once took 111 ms before the lead's start).
             after_lead(pass, name).await;
         }
-        if let Some(Action::CreateContainer { .. }) = actions.first()
-            && !hub.is_held(name)
-            && !holder_replaced
-        {
+        if create_first && !hub.is_held(name) && !holder_replaced {
             let new = &cfg.services[name];
             ensure_image(hub.engine.as_ref(), cfg, &new.image).await?;
             id = Some(

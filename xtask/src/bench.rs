@@ -717,15 +717,15 @@ fn crash_restart(
     drop(berth);
     clean(project);
     let asked = restart_requests(&log);
+    let setup = if held {
+        "in a holder's namespace"
+    } else {
+        "on the project network"
+    };
     let median = |v: Vec<f64>| stats(&v).median;
     let breakdown = if asked.len() == b.len() {
         format!(
-            "| {} | {:.0} ms | {:.0} ms | {:.0} ms |\n",
-            if held {
-                "in a holder's namespace"
-            } else {
-                "on the project network"
-            },
+            "| {setup} | {:.0} ms | {:.0} ms | {:.0} ms |\n",
             median(
                 b.iter()
                     .zip(&asked)
@@ -742,39 +742,34 @@ fn crash_restart(
         )
     } else {
         format!(
-            "| {} | {} restart requests in berth's log for {} crashes | | |\n",
-            if held {
-                "in a holder's namespace"
-            } else {
-                "on the project network"
-            },
+            "| {setup} | {} restart requests in berth's log for {} crashes | | |\n",
             asked.len(),
             b.len()
         )
     };
     let ms =
         |v: Vec<(SystemTime, SystemTime)>| v.into_iter().map(|(d, s)| ms_between(d, s)).collect();
-    let result = if held {
-        Result {
-            name: "crash_restart_held",
-            berth: ms(b),
-            anchor: ms(a),
-            unit: "ms",
-            goal: "≤ 1.0",
-            note: "as `crash_restart`, both sides' redis in a pause container's network namespace (berth: `network = \"service:redis-net\"`; anchor: `--restart=always --network container:…`); no network set-up on the path, so Docker's fixed 100 ms wait before its restart is what berth saves".into(),
-        }
+    let (name, note) = if held {
+        (
+            "crash_restart_held",
+            "as `crash_restart`, both sides' redis in a pause container's network namespace (berth: `network = \"service:redis-net\"`; anchor: `--restart=always --network container:…`); no network set-up on the path, so Docker's fixed 100 ms wait before its restart is what berth saves",
+        )
     } else {
-        Result {
-            name: "crash_restart",
-            berth: ms(b),
-            anchor: ms(a),
-            unit: "ms",
-            // ≤ 0.8 was the goal for a standby container. Measured on this engine (n=8,
-            // alternately): a standby started on `die` 429 ms, the same container 466 ms,
-            // `--restart=always` 468 ms (0.92×): not enough to keep one.
-            goal: "≤ 1.0",
-            note: "kill -9 of the main process → running, engine timestamps; anchor: `--restart=always` on the same network; bound: the engine's clean-up of the exited container (it holds the container until done; Docker's own policy waits 100 ms meanwhile) and its start on the network (see the breakdown)".into(),
-        }
+        (
+            "crash_restart",
+            "kill -9 of the main process → running, engine timestamps; anchor: `--restart=always` on the same network; bound: the engine's clean-up of the exited container (it holds the container until done; Docker's own policy waits 100 ms meanwhile) and its start on the network (see the breakdown)",
+        )
+    };
+    let result = Result {
+        name,
+        berth: ms(b),
+        anchor: ms(a),
+        unit: "ms",
+        // ≤ 0.8 was the goal for a standby container. Measured on this engine (n=8,
+        // alternately): a standby started on `die` 429 ms, the same container 466 ms,
+        // `--restart=always` 468 ms (0.92×): not enough to keep one.
+        goal: "≤ 1.0",
+        note: note.into(),
     };
     Ok((result, breakdown))
 }

@@ -263,3 +263,55 @@ fn systemd_notifications_ready_status_watchdog_reloading_stopping() {
     read_until("STOPPING=1", &mut seen);
     assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+/// What a container on the project network gets from `redis-cli -h NAME ping` (a client
+/// made by this test, removed on exit).
+fn ping_from_the_network(stack: &Stack, name: &str) -> String {
+    docker(&[
+        "run",
+        "--rm",
+        "--label",
+        &format!("berth.project={}", stack.project),
+        "--network",
+        &stack.project,
+        "berth-demo/redis:7",
+        "redis-cli",
+        "-h",
+        name,
+        "ping",
+    ])
+    .unwrap_or_else(|e| e.to_string())
+}
+
+#[test]
+fn a_held_service_keeps_its_name_and_address_across_a_crash_restart() {
+    let stack = Stack::new("held");
+    stack.write_config(&format!(
+        "{}[services.cache-net]\nimage = \"berth-demo/pause:1\"\naliases = [\"cache\"]\n\n[services.cache]\nimage = \"berth-demo/redis:7\"\nnetwork = \"service:cache-net\"\nprobe = {{ redis = {{}} }}\n",
+        stack.supervisor()
+    ));
+    let mut d = stack.start();
+    d.wait_healthy(UP);
+    let holder = stack.containers()["cache-net"].clone();
+    assert_eq!(
+        stack.inspect_service("cache")["HostConfig"]["NetworkMode"],
+        format!("container:{}", stack.container_name("cache-net"))
+    );
+    let address = |s: &Stack| {
+        s.inspect_service("cache-net")["NetworkSettings"]["Networks"][&s.project]["IPAddress"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let before = address(&stack);
+    assert!(!before.is_empty());
+    assert_eq!(ping_from_the_network(&stack, "cache").trim(), "PONG");
+
+    stack.crash("cache");
+    d.wait_health("restart counted and healthy again", UP, |h| {
+        h["services"]["cache"]["restarts"] == 1 && h["status"] == "ok"
+    });
+    assert_eq!(stack.containers()["cache-net"], holder, "the holder stays");
+    assert_eq!(address(&stack), before);
+    assert_eq!(ping_from_the_network(&stack, "cache").trim(), "PONG");
+}

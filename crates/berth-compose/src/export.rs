@@ -168,6 +168,13 @@ pub fn compose(cfg: &Config) -> String {
         if let Some(h) = &svc.network_of {
             put("network_mode", s(format!("service:{h}")));
         }
+        if !svc.aliases.is_empty() {
+            let mut net = Mapping::new();
+            net.insert(s("aliases"), seq(svc.aliases.iter().map(|a| s(a.clone()))));
+            let mut nets = Mapping::new();
+            nets.insert(s("default"), Value::Mapping(net));
+            put("networks", Value::Mapping(nets));
+        }
         if let Some(mem) = svc.memory {
             put("mem_limit", Value::Number(mem.into()));
         }

@@ -540,6 +540,24 @@ impl Cx<'_> {
                 )),
             }
         }
+        // berth has one network, so the aliases a service has on any of compose's are
+        // its aliases there.
+        let mut aliases: Vec<String> = s
+            .get("networks")
+            .and_then(Value::as_mapping)
+            .into_iter()
+            .flat_map(|nets| nets.values())
+            .filter_map(|n| n.get("aliases").and_then(Value::as_sequence))
+            .flat_map(|a| a.iter().filter_map(scalar))
+            .filter(|a| a != name)
+            .collect();
+        aliases.dedup();
+        if !aliases.is_empty() {
+            lines.push(format!(
+                "aliases = [{}]",
+                aliases.iter().map(|a| q(a)).collect::<Vec<_>>().join(", ")
+            ));
+        }
         let tmpfs: Vec<String> = match s.get("tmpfs") {
             Some(Value::Sequence(seq)) => seq.iter().filter_map(scalar).collect(),
             Some(v) => scalar(v).into_iter().collect(),

@@ -220,6 +220,7 @@ services:
   net:
     image: pause:3
     ports: ["127.0.0.1:8000:8000"]
+    networks: { default: { aliases: [bot, api, net] } }
   bot:
     image: bot:1
     network_mode: "service:net"
@@ -241,6 +242,11 @@ services:
     assert_eq!(cfg.services["worker"].network_of, None);
     let back: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&berth_compose::export::compose(&cfg)).expect("yaml");
+    assert_eq!(cfg.services["net"].aliases, ["bot", "api"]);
     assert_eq!(back["services"]["bot"]["network_mode"], "service:net");
     assert!(back["services"]["bot"].get("ports").is_none());
+    assert_eq!(
+        back["services"]["net"]["networks"]["default"]["aliases"],
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>("[bot, api]").expect("yaml")
+    );
 }

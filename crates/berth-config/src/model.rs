@@ -141,6 +141,10 @@ pub struct Service {
     /// starting one (a restart, a deploy's switch) skips the engine's network set-up;
     /// NAME holds the address, the alias and the published ports.
     pub network_of: Option<String>,
+    /// More names than its own that the service answers to on the project network: a
+    /// holder takes the name of the service in its namespace (`aliases = ["redis"]` on
+    /// `redis-net`), so clients keep the address they knew.
+    pub aliases: Vec<String>,
     pub probe: Option<Probe>,
     pub restart: RestartPolicy,
     pub logs: Logs,
@@ -505,6 +509,9 @@ impl Service {
         }
         if let Some(n) = &self.network_of {
             field("network", format!("service:{n}"));
+        }
+        for a in &self.aliases {
+            field("alias", a.clone());
         }
         field(
             "stop_grace_period",

@@ -59,6 +59,9 @@ pub struct RawService {
     pub depends_on: Vec<S<String>>,
     /// `"service:NAME"`: join NAME's network namespace (compose's `network_mode`).
     pub network: Option<S<String>>,
+    /// More names the service answers to on the project network (compose's `aliases`).
+    #[serde(default)]
+    pub aliases: Vec<S<String>>,
     pub probe: Option<S<RawProbe>>,
     pub restart: Option<RawRestart>,
     pub logs: Option<RawLogs>,

@@ -165,6 +165,7 @@ pub(crate) fn parse(
     }
     check_cycles(&mut cx, &raw.services);
     check_network_sharing(&mut cx, &raw.services, &services);
+    check_aliases(&mut cx, &raw.services, &services);
     let backup = raw
         .backup
         .as_ref()
@@ -574,6 +575,25 @@ fn service(
         }
         Some(of.to_string())
     });
+    let mut aliases: Vec<String> = Vec::new();
+    for a in &r.aliases {
+        let v = a.get_ref();
+        let msg = if !is_name(v) {
+            format!(
+                "{v:?} is not a valid name: use lowercase letters, digits, '-' and '_', starting with a letter or digit"
+            )
+        } else if let Some(of) = &network_of {
+            format!(
+                "a service in {of}'s network namespace has no address of its own: give {of} the alias"
+            )
+        } else if v == n || aliases.contains(v) {
+            format!("{v:?} is already a name of {n}")
+        } else {
+            aliases.push(v.clone());
+            continue;
+        };
+        cx.err(&a.span(), format!("{}: {msg}", key("aliases")));
+    }
     let probe = r.probe.as_ref().and_then(|p| probe(cx, n, p));
     let restart = r
         .restart
@@ -705,6 +725,7 @@ fn service(
         stop_grace_period,
         depends_on,
         network_of,
+        aliases,
         probe,
         restart,
         logs,
@@ -1048,6 +1069,41 @@ fn check_network_sharing(
                 &span,
                 format!("{key}: a start-first deploy would run two containers in {of}'s one network namespace (one address, one set of ports): use strategy = \"stop-first\""),
             );
+        }
+    }
+}
+
+/// A name on the project network belongs to one address: an alias may be another
+/// service's name only where that service is in the alias holder's namespace.
+fn check_aliases(
+    cx: &mut Ctx<'_>,
+    raw: &BTreeMap<String, S<RawService>>,
+    services: &BTreeMap<String, Service>,
+) {
+    let mut taken: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, svc) in services {
+        let mut seen = BTreeSet::new();
+        for a in &raw[name].get_ref().aliases {
+            let (alias, span) = (a.get_ref(), a.span());
+            // Those service() turned down are reported there.
+            if !svc.aliases.contains(alias) || !seen.insert(alias) {
+                continue;
+            }
+            let key = format!("services.{name}.aliases");
+            if let Some(other) = services.get(alias)
+                && other.network_of.as_deref() != Some(name.as_str())
+            {
+                cx.err(
+                    &span,
+                    format!("{key}: {alias:?} is the name of service {alias}, which is not in {name}'s network namespace: give {alias} network = \"service:{name}\", or choose another alias"),
+                );
+            }
+            if let Some(first) = taken.insert(alias, name) {
+                cx.err(
+                    &span,
+                    format!("{key}: {alias:?} is an alias of {first} too: one name, one address"),
+                );
+            }
         }
     }
 }

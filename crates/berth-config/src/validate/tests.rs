@@ -971,3 +971,74 @@ fn a_service_in_another_ones_network_namespace() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn a_holder_answers_to_the_name_of_the_service_in_its_namespace() {
+    let cfg = parse_ok(&with_holder(
+        "network = \"service:net\"",
+        "aliases = [\"bot\", \"api\"]",
+    ));
+    assert_eq!(cfg.services["net"].aliases, ["bot", "api"]);
+    assert!(cfg.services["bot"].aliases.is_empty());
+    // An alias shapes the holder's endpoint: a new one makes a new container.
+    let before = parse_ok(&with_holder("network = \"service:net\"", ""));
+    assert_ne!(
+        cfg.services["net"].spec_hash(),
+        before.services["net"].spec_hash()
+    );
+    assert_eq!(
+        cfg.services["bot"].spec_hash(),
+        before.services["bot"].spec_hash()
+    );
+
+    let one_error = |line: &str, net_line: &str, at: &str, col: usize, message: &str| {
+        let src = with_holder(line, net_line);
+        let errs = errors(&src);
+        let l = line_of(&src, at);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(&format!("b.toml:{l}:{col}: {message}"))),
+            "{errs:?}"
+        );
+    };
+    // The bot is not in net's namespace: "bot" would name two addresses.
+    one_error(
+        "",
+        "aliases = [\"bot\"]",
+        "aliases",
+        12,
+        "services.net.aliases: \"bot\" is the name of service bot, which is not in net's network namespace",
+    );
+    one_error(
+        "network = \"service:net\"\naliases = [\"b\"]",
+        "",
+        "\"b\"",
+        12,
+        "services.bot.aliases: a service in net's network namespace has no address of its own: give net the alias",
+    );
+    one_error(
+        "",
+        "aliases = [\"Bad Name\"]",
+        "Bad Name",
+        12,
+        "services.net.aliases: \"Bad Name\" is not a valid name",
+    );
+    one_error(
+        "",
+        "aliases = [\"net\"]",
+        "aliases = [\"net\"]",
+        12,
+        "services.net.aliases: \"net\" is already a name of net",
+    );
+    let src = with_holder("", "aliases = [\"cache\"]").replacen(
+        "[backup]",
+        "[services.other]\nimage = \"x\"\naliases = [\"cache\"]\n\n[backup]",
+        1,
+    );
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("services.other.aliases: \"cache\" is an alias of net too"),
+        "{errs:?}"
+    );
+}

@@ -47,7 +47,13 @@ pub fn container_spec(cfg: &Config, svc: &Service) -> ContainerSpec {
         // In another service's namespace, that one has the network, address and alias.
         network: match svc.network_of {
             Some(_) => None,
-            None => Some((cfg.network_name(), vec![svc.name.clone()])),
+            None => Some((
+                cfg.network_name(),
+                std::iter::once(&svc.name)
+                    .chain(&svc.aliases)
+                    .cloned()
+                    .collect(),
+            )),
         },
         join: svc.network_of.as_ref().map(|h| cfg.container_name(h)),
         binds,

@@ -1202,6 +1202,42 @@ async fn berth_stop_holds_a_service_down_across_a_restart_until_start() {
     run.abort();
 }
 
+/// A holder goes down after the services in its namespace (stopping it first would leave
+/// them with no network, crashing into nothing) and comes back up with them.
+#[tokio::test(start_paused = true)]
+async fn berth_stop_and_start_of_a_holder_keep_the_order_of_its_namespace() {
+    let k = kit(
+        "[services.app-net]\nimage = \"pause:1\"\n\n[services.app]\nimage = \"app:1\"\nnetwork = \"service:app-net\"\n",
+    );
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    let run = tokio::spawn(k.reconciler().run(tx));
+    k.until(Duration::from_secs(10), "up", |k| k.running("p-app"))
+        .await;
+    k.subscribed().await;
+    let calls = k.fake.calls().len();
+    let e = k.deployer.stop_service("app-net").await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "app is in app-net's network namespace: berth stop app first"
+    );
+    assert_eq!(k.fake.calls().len(), calls, "no engine call");
+    assert!(k.hub.kept_down().is_empty());
+    k.deployer.stop_service("app").await.expect("stopped");
+    k.deployer.stop_service("app-net").await.expect("stopped");
+    assert!(!k.running("p-app") && !k.running("p-app-net"));
+    let e = k.deployer.start_service("app-net").await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "app-net holds the network namespace of app, which is held down: berth start app starts both"
+    );
+    assert!(!k.running("p-app-net"), "still held");
+    let st = k.deployer.start_service("app").await.expect("started");
+    assert!(st.is_healthy(), "{st:?}");
+    assert!(k.hub.kept_down().is_empty());
+    assert!(k.running("p-app") && k.running("p-app-net"));
+    run.abort();
+}
+
 /// `berth restart`: the same container stopped, then started, health-gated: never two.
 #[tokio::test(start_paused = true)]
 async fn berth_restart_stops_then_starts_the_same_container() {

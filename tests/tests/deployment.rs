@@ -445,6 +445,17 @@ fn the_shipped_redis_wants_its_password_and_never_shows_it() {
                 .to_string(),
         );
     assert!(redis.contains("berth-demo/redis:7"), "{redis}");
+    // Redis runs in the namespace of the shipped holder, which answers to `redis`.
+    let start = shipped
+        .find("[services.redis-net]")
+        .expect("redis's holder");
+    let len = shipped[start..].find("\n\n").expect("end of the section");
+    let holder = shipped[start..start + len].replace(
+        "image = \"registry.k8s.io/pause:3.10\"",
+        "image = \"berth-demo/pause:1\"",
+    );
+    assert!(holder.contains("berth-demo/pause:1"), "{holder}");
+    let redis = format!("{holder}\n\n{redis}");
     let shipped_url = shipped
         .split("REDIS_URL = \"")
         .nth(1)

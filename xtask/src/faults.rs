@@ -102,6 +102,50 @@ const CASES: &[(&str, &str, Option<&str>, &str, bool)] = &[
     ),
 ];
 
+/// The fault cases' verdicts from the output of a whole `cargo test --workspace` run (the
+/// cases are tests of the suite, so CI reads them there instead of running them twice):
+/// one `PASS`/`FAIL` line each; the number that failed or did not run.
+pub fn from_suite(output: &str) -> usize {
+    // (test binary's `Running` line, test name, passed)
+    let mut results: Vec<(&str, &str, bool)> = Vec::new();
+    let mut binary = "";
+    for line in output.lines() {
+        if let Some(b) = line.trim_start().strip_prefix("Running ") {
+            binary = b;
+        } else if let Some(rest) = line.strip_prefix("test ")
+            && let Some((name, verdict)) = rest.split_once(" ... ")
+            && (verdict.starts_with("ok") || verdict.starts_with("FAILED"))
+        {
+            results.push((binary, name, verdict.starts_with("ok")));
+        }
+    }
+    let mut failed = 0;
+    for (case, pkg, target, name, exact) in CASES {
+        let in_binary = |b: &str| match target {
+            Some(t) => b.starts_with(&format!("tests/{t}.rs ")),
+            None => {
+                b.starts_with("unittests src/lib.rs ")
+                    && b.contains(&format!("/{}-", pkg.replace('-', "_")))
+            }
+        };
+        let ran: Vec<bool> = results
+            .iter()
+            .filter(|(b, n, _)| in_binary(b) && if *exact { n == name } else { n.contains(name) })
+            .map(|r| r.2)
+            .collect();
+        if ran.is_empty() {
+            failed += 1;
+            println!("FAIL {case} no test ran");
+        } else if ran.iter().all(|ok| *ok) {
+            println!("PASS {case}");
+        } else {
+            failed += 1;
+            println!("FAIL {case} the test failed (its output is above)");
+        }
+    }
+    failed
+}
+
 pub fn run() -> anyhow::Result<()> {
     images::build_all()?;
     cargo_build(&["berth"])?;
@@ -159,4 +203,45 @@ pub fn run() -> anyhow::Result<()> {
         bail!("{failed} fault case(s) failed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_come_from_the_suites_output() {
+        let mut out = String::new();
+        for (_, pkg, target, name, exact) in CASES {
+            let binary = match target {
+                Some(t) => format!("tests/{t}.rs (target/debug/deps/{t}-0123)"),
+                None => format!(
+                    "unittests src/lib.rs (target/debug/deps/{}-0123)",
+                    pkg.replace('-', "_")
+                ),
+            };
+            let name = if *exact {
+                name.to_string()
+            } else {
+                format!("{name}one")
+            };
+            out.push_str(&format!(
+                "     Running {binary}\n\nrunning 1 test\ntest {name} ... ok\n"
+            ));
+        }
+        assert_eq!(from_suite(&out), 0);
+        // One failed, one missing: both counted.
+        let (_, _, _, first, _) = CASES[0];
+        let (_, _, _, second, _) = CASES[1];
+        let bad = out
+            .replace(
+                &format!("test {first} ... ok"),
+                &format!("test {first} ... FAILED"),
+            )
+            .replace(&format!("test {second} ... ok"), "");
+        assert_eq!(from_suite(&bad), 2);
+        // The same name in another test binary does not count.
+        let elsewhere = out.replace("tests/faults.rs", "tests/other.rs");
+        assert!(from_suite(&elsewhere) > 0);
+    }
 }

@@ -157,27 +157,68 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     // Every test binary runs even when one fails: the closing line counts them all.
     c.args(["test", "--workspace", "--no-fail-fast"])
         .args(extra);
-    // Echo cargo's output and add up its per-binary results into one closing line.
+    // Echo cargo's output and add up its per-binary results into one closing line. One
+    // pipe for both streams keeps cargo's `Running <binary>` lines (stderr) in order with
+    // the test results (stdout).
+    let (out, into) = std::io::pipe().context("a pipe for cargo test's output")?;
     let mut child = c
-        .stdout(std::process::Stdio::piped())
+        .stdout(into.try_clone()?)
+        .stderr(into)
         .spawn()
         .context("running cargo test")?;
-    let (mut passed, mut failed) = (0u64, 0u64);
-    if let Some(out) = child.stdout.take() {
+    // The parent's copies of the write end are gone with `c`: the reader sees the end.
+    drop(c);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
         use std::io::BufRead as _;
-        for line in std::io::BufReader::new(out).lines() {
-            let line = line?;
+        let mut reader = std::io::BufReader::new(out);
+        let mut raw = Vec::new();
+        // Bytes, not `lines()`: a test may print something that is not UTF-8.
+        while reader.read_until(b'\n', &mut raw).is_ok_and(|n| n > 0) {
+            let line = String::from_utf8_lossy(&raw)
+                .trim_end_matches('\n')
+                .to_string();
+            raw.clear();
             println!("{line}");
-            if let Some(rest) = line.strip_prefix("test result: ") {
-                passed += count(rest, " passed");
-                failed += count(rest, " failed");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let status = child.wait()?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let mut all = String::new();
+    loop {
+        // Once cargo is gone, a process a test left behind may still hold the pipe: the
+        // output is complete when nothing came for a while.
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(line) => {
+                if let Some(rest) = line.strip_prefix("test result: ") {
+                    passed += count(rest, " passed");
+                    failed += count(rest, " failed");
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                eprintln!("warning: a process the tests started still holds their output");
+                break;
             }
         }
     }
-    let status = child.wait()?;
+    // A whole run holds every fault case: their verdicts, as `cargo xtask faults` gives.
+    let faults_failed = if extra.is_empty() {
+        faults::from_suite(&all)
+    } else {
+        0
+    };
     println!("tests: {passed} passed, {failed} failed");
     if !status.success() {
         bail!("cargo test failed: {status}");
+    }
+    if faults_failed > 0 {
+        bail!("{faults_failed} fault case(s) failed or did not run");
     }
     Ok(())
 }

@@ -120,6 +120,8 @@ pub fn import(input: &Input<'_>) -> Result<Imported, ImportError> {
         env: input.env,
         notes: Vec::new(),
         dir: input.dir,
+        holders: BTreeMap::new(),
+        aliases: BTreeSet::new(),
     };
     let project = str_of(root.get("name"))
         .map(|n| cx.interpolate("name", &n))
@@ -153,14 +155,19 @@ pub fn import(input: &Input<'_>) -> Result<Imported, ImportError> {
         .keys()
         .filter_map(|k| k.as_str().map(str::to_string))
         .collect();
+    cx.holders = services
+        .iter()
+        .filter_map(|(k, v)| {
+            let h = str_of(v.get("network_mode"))?
+                .strip_prefix("service:")?
+                .to_string();
+            Some((k.as_str()?.to_string(), h))
+        })
+        .collect();
     for (name, svc) in services {
         let Some(name) = name.as_str() else { continue };
         // Written into TOML as a table name: only what berth accepts as a service name.
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        {
+        if !is_name(name) {
             cx.note(format!(
                 "services.{name:?}: not a name berth accepts (lowercase letters, digits, '-' and '_'): left out"
             ));
@@ -183,6 +190,10 @@ struct Cx<'a> {
     env: &'a BTreeMap<String, String>,
     notes: Vec<String>,
     dir: &'a Path,
+    /// Service → the service whose network namespace it joins (`network_mode`).
+    holders: BTreeMap<String, String>,
+    /// Aliases given so far.
+    aliases: BTreeSet<String>,
 }
 
 const SERVICE_KEYS: &[&str] = &[
@@ -541,17 +552,30 @@ impl Cx<'_> {
             }
         }
         // berth has one network, so the aliases a service has on any of compose's are
-        // its aliases there.
-        let mut aliases: Vec<String> = s
+        // its aliases there, if berth can give them one address each.
+        let mut aliases: Vec<String> = Vec::new();
+        for a in s
             .get("networks")
             .and_then(Value::as_mapping)
             .into_iter()
             .flat_map(|nets| nets.values())
             .filter_map(|n| n.get("aliases").and_then(Value::as_sequence))
             .flat_map(|a| a.iter().filter_map(scalar))
-            .filter(|a| a != name)
-            .collect();
-        aliases.dedup();
+        {
+            let why = if a == name || aliases.contains(&a) {
+                continue;
+            } else if !is_name(&a) {
+                "not a name berth accepts (lowercase letters, digits, '-' and '_')".to_string()
+            } else if names.contains(&a) && self.holders.get(&a).map(String::as_str) != Some(name) {
+                format!("the name of service {a}, which is not in {name}'s network namespace")
+            } else if !self.aliases.insert(a.clone()) {
+                "an alias of another service too (berth gives a name one address)".to_string()
+            } else {
+                aliases.push(a);
+                continue;
+            };
+            self.note(format!("{}: alias {a:?}: {why}: left out", key("networks")));
+        }
         if !aliases.is_empty() {
             lines.push(format!(
                 "aliases = [{}]",
@@ -959,6 +983,13 @@ fn sanitize_project(p: &str) -> String {
         .collect();
     let s = s.trim_matches('-').to_string();
     if s.is_empty() { "berth".into() } else { s }
+}
+
+/// What berth accepts as a service name or an alias.
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 fn scalar(v: &Value) -> Option<String> {

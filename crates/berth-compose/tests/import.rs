@@ -220,13 +220,14 @@ services:
   net:
     image: pause:3
     ports: ["127.0.0.1:8000:8000"]
-    networks: { default: { aliases: [bot, api, net] } }
+    networks: { default: { aliases: [bot, api, net, Bad.Name] }, other: { aliases: [api, worker, cache] } }
   bot:
     image: bot:1
     network_mode: "service:net"
   worker:
     image: bot:1
     network_mode: host
+    networks: { default: { aliases: [cache] } }
 "#;
     let out = import_text(yaml).expect("import");
     let notes = out.notes.join("\n");
@@ -242,11 +243,22 @@ services:
     assert_eq!(cfg.services["worker"].network_of, None);
     let back: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&berth_compose::export::compose(&cfg)).expect("yaml");
-    assert_eq!(cfg.services["net"].aliases, ["bot", "api"]);
+    assert_eq!(cfg.services["net"].aliases, ["bot", "api", "cache"]);
+    assert!(
+        cfg.services["worker"].aliases.is_empty(),
+        "cache went to net"
+    );
+    for n in [
+        "services.net.networks: alias \"Bad.Name\": not a name berth accepts",
+        "services.net.networks: alias \"worker\": the name of service worker, which is not in net's network namespace",
+        "services.worker.networks: alias \"cache\": an alias of another service too",
+    ] {
+        assert!(notes.contains(n), "{n}\n{notes}");
+    }
     assert_eq!(back["services"]["bot"]["network_mode"], "service:net");
     assert!(back["services"]["bot"].get("ports").is_none());
     assert_eq!(
         back["services"]["net"]["networks"]["default"]["aliases"],
-        serde_yaml_ng::from_str::<serde_yaml_ng::Value>("[bot, api]").expect("yaml")
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>("[bot, api, cache]").expect("yaml")
     );
 }

@@ -165,7 +165,7 @@ pub(crate) fn parse(
     }
     check_cycles(&mut cx, &raw.services);
     check_network_sharing(&mut cx, &raw.services, &services);
-    check_aliases(&mut cx, &raw.services, &services);
+    check_aliases(&mut cx, &raw.services, &services, &supervisor.project);
     let backup = raw
         .backup
         .as_ref()
@@ -1079,6 +1079,7 @@ fn check_aliases(
     cx: &mut Ctx<'_>,
     raw: &BTreeMap<String, S<RawService>>,
     services: &BTreeMap<String, Service>,
+    project: &str,
 ) {
     let mut taken: BTreeMap<&str, &str> = BTreeMap::new();
     for (name, svc) in services {
@@ -1096,6 +1097,20 @@ fn check_aliases(
                 cx.err(
                     &span,
                     format!("{key}: {alias:?} is the name of service {alias}, which is not in {name}'s network namespace: give {alias} network = \"service:{name}\", or choose another alias"),
+                );
+            }
+            // The engine's DNS answers to container names too.
+            if let Some(other) = services.iter().find_map(|(s, x)| {
+                (s != name
+                    && x.network_of.as_deref() != Some(name.as_str())
+                    && format!("{project}-{s}") == *alias)
+                    .then_some(s)
+            }) {
+                cx.err(
+                    &span,
+                    format!(
+                        "{key}: {alias:?} is the name of {other}'s container: choose another alias"
+                    ),
                 );
             }
             if let Some(first) = taken.insert(alias, name) {

@@ -1030,6 +1030,13 @@ fn a_holder_answers_to_the_name_of_the_service_in_its_namespace() {
         12,
         "services.net.aliases: \"net\" is already a name of net",
     );
+    one_error(
+        "",
+        "aliases = [\"tgtg-bot\"]",
+        "tgtg-bot",
+        12,
+        "services.net.aliases: \"tgtg-bot\" is the name of bot's container",
+    );
     let src = with_holder("", "aliases = [\"cache\"]").replacen(
         "[backup]",
         "[services.other]\nimage = \"x\"\naliases = [\"cache\"]\n\n[backup]",

@@ -43,26 +43,27 @@ impl Deployer {
     /// with its grace period.
     pub async fn stop_service(&self, service: &str) -> anyhow::Result<ServiceStatus> {
         let lock = self.busy(service)?;
-        // Stopping a holder takes the network from the services in its namespace, which
-        // would then crash and be restarted into nothing: they go down first, on purpose.
-        let kept = self.hub.kept_down();
-        let joined: Vec<String> = (self.hub.config().services.values())
-            .filter(|s| s.network_of.as_deref() == Some(service) && !kept.contains(&s.name))
-            .map(|s| s.name.clone())
-            .collect();
-        if !joined.is_empty() {
-            bail!(
-                "{} in {service}'s network namespace: berth stop {} first",
-                joined.join(", ") + if joined.len() == 1 { " is" } else { " are" },
-                joined.join(" and ")
-            );
-        }
         let Ok(_one) = lock.try_lock() else {
             bail!("a deploy or change of {service} is under way: stop it when that is over");
         };
         {
+            // Decided under the writers' lock, so that a `start` of a service in this
+            // namespace cannot slip in between the check and the hold.
             let _one_writer = self.held.lock().await;
             let mut kept = self.hub.kept_down();
+            // Stopping a holder takes the network from the services in its namespace,
+            // which would then crash and be restarted into nothing: they go down first.
+            let joined: Vec<String> = (self.hub.config().services.values())
+                .filter(|s| s.network_of.as_deref() == Some(service) && !kept.contains(&s.name))
+                .map(|s| s.name.clone())
+                .collect();
+            if !joined.is_empty() {
+                bail!(
+                    "{} in {service}'s network namespace: berth stop {} first",
+                    joined.join(", ") + if joined.len() == 1 { " is" } else { " are" },
+                    joined.join(" and ")
+                );
+            }
             kept.insert(service.to_string());
             statefile::save_held(&self.state_dir(), &kept)
                 .with_context(|| format!("{service} not stopped"))?;
@@ -153,7 +154,11 @@ impl Deployer {
     /// At start-up (before the first convergence): the services kept down by an earlier
     /// berth stay down, their containers stopped if something started them.
     pub(super) async fn keep_held_down(&self) {
-        for service in self.hub.kept_down() {
+        let cfg = self.hub.config();
+        let mut kept: Vec<String> = self.hub.kept_down().into_iter().collect();
+        // The services in a holder's namespace before the holder.
+        kept.sort_by_key(|s| cfg.services.get(s).is_none_or(|x| x.network_of.is_none()));
+        for service in kept {
             if !self.hub.config().services.contains_key(&service) {
                 continue;
             }
@@ -177,60 +182,63 @@ impl Deployer {
             bail!("{service} is no longer in the config: its hold is released");
         }
         let lock = self.busy(service)?;
-        let kept = self.hub.kept_down();
-        let cfg = self.hub.config();
-        // A holder stays down with a service held in its namespace (the plan leaves it
-        // alone), so it starts with that service, not on its own.
-        if let Some(j) = (cfg.services.values())
-            .find(|s| s.network_of.as_deref() == Some(service) && kept.contains(&s.name))
-        {
-            bail!(
-                "{service} holds the network namespace of {j}, which is held down: berth start {j} starts both",
-                j = j.name
-            );
-        }
         let Ok(one) = lock.try_lock() else {
             bail!("a deploy or change of {service} is under way");
         };
-        // The service and, if it is held down too, the holder of its namespace.
-        let holder = service_config(&cfg, service)?
-            .network_of
-            .filter(|h| kept.contains(h));
-        let holder_lock = holder.as_ref().map(|h| self.service_lock(h));
-        let _holders = match &holder_lock {
-            Some(l) => Some(l.try_lock().map_err(|_| {
-                anyhow::anyhow!(
-                    "a change of {} is under way",
-                    holder.as_deref().unwrap_or("")
-                )
-            })?),
-            None => None,
-        };
-        let release: Vec<&str> = (holder.iter().map(String::as_str))
-            .chain(kept.contains(service).then_some(service))
-            .collect();
-        if !release.is_empty() {
+        let cfg = self.hub.config();
+        let network_of = service_config(&cfg, service)?.network_of;
+        {
+            // Decided under the writers' lock, so that a `stop` of the holder cannot slip
+            // in between the check and the release.
             let _one_writer = self.held.lock().await;
-            let mut rest = self.hub.kept_down();
-            for r in &release {
-                rest.remove(*r);
+            let kept = self.hub.kept_down();
+            // A holder stays down with a service held in its namespace (the plan leaves it
+            // alone), so it starts with that service, not on its own.
+            if let Some(j) = (cfg.services.values())
+                .find(|s| s.network_of.as_deref() == Some(service) && kept.contains(&s.name))
+            {
+                bail!(
+                    "{service} holds the network namespace of {j}, which is held down: berth start {j} starts both",
+                    j = j.name
+                );
             }
-            statefile::save_held(&self.state_dir(), &rest)
-                .with_context(|| format!("{} still held", release.join(" and ")))?;
-            for r in &release {
-                self.hub.update_service(r, |s| {
-                    s.held = false;
-                    s.state = State::Exited;
-                    s.health = Health::Unhealthy;
-                });
-                // A crash loop before the stop is no reason to wait now.
-                if let Some(rs) = self.restarter.get() {
-                    rs.forget(r).await;
+            // The service and, if it is held down too, the holder of its namespace.
+            let holder = network_of.filter(|h| kept.contains(h));
+            let holder_lock = holder.as_ref().map(|h| self.service_lock(h));
+            let _holders = match &holder_lock {
+                Some(l) => Some(l.try_lock().map_err(|_| {
+                    anyhow::anyhow!(
+                        "a change of {} is under way",
+                        holder.as_deref().unwrap_or("")
+                    )
+                })?),
+                None => None,
+            };
+            let release: Vec<&str> = (holder.iter().map(String::as_str))
+                .chain(kept.contains(service).then_some(service))
+                .collect();
+            if !release.is_empty() {
+                let mut rest = kept.clone();
+                for r in &release {
+                    rest.remove(*r);
                 }
-            }
-            for r in &release {
-                self.hub.release(r);
-                info!(service = r, "released: starting it");
+                statefile::save_held(&self.state_dir(), &rest)
+                    .with_context(|| format!("{} still held", release.join(" and ")))?;
+                for r in &release {
+                    self.hub.update_service(r, |s| {
+                        s.held = false;
+                        s.state = State::Exited;
+                        s.health = Health::Unhealthy;
+                    });
+                    // A crash loop before the stop is no reason to wait now.
+                    if let Some(rs) = self.restarter.get() {
+                        rs.forget(r).await;
+                    }
+                }
+                for r in &release {
+                    self.hub.release(r);
+                    info!(service = r, "released: starting it");
+                }
             }
         }
         drop(one);

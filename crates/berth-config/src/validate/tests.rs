@@ -897,6 +897,19 @@ fn with_holder(line: &str, net_line: &str) -> String {
     )
 }
 
+/// `with_holder(line, net_line)` has an error at `at`'s line, column `col`, that begins
+/// with `message`.
+fn holder_error(line: &str, net_line: &str, at: &str, col: usize, message: &str) {
+    let src = with_holder(line, net_line);
+    let errs = errors(&src);
+    let l = line_of(&src, at);
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with(&format!("b.toml:{l}:{col}: {message}"))),
+        "{errs:?}"
+    );
+}
+
 #[test]
 fn a_service_in_another_ones_network_namespace() {
     let cfg = parse_ok(&with_holder("network = \"service:net\"", ""));
@@ -908,52 +921,42 @@ fn a_service_in_another_ones_network_namespace() {
     let plain = parse_ok(&with_holder("", ""));
     assert_ne!(bot.spec_hash(), plain.services["bot"].spec_hash());
 
-    let one_error = |line: &str, net_line: &str, at: &str, col: usize, message: &str| {
-        let src = with_holder(line, net_line);
-        let errs = errors(&src);
-        let l = line_of(&src, at);
-        assert!(
-            errs.iter()
-                .any(|e| e.starts_with(&format!("b.toml:{l}:{col}: {message}"))),
-            "{errs:?}"
-        );
-    };
-    one_error(
+    holder_error(
         "network = \"bridge\"",
         "",
         "bridge",
         11,
         "services.bot.network: \"bridge\": the one form is \"service:NAME\"",
     );
-    one_error(
+    holder_error(
         "network = \"service:nope\"",
         "",
         "nope",
         11,
         "services.bot.network: unknown service \"nope\"",
     );
-    one_error(
+    holder_error(
         "network = \"service:bot\"",
         "",
         "service:bot",
         11,
         "services.bot.network: a service cannot join itself",
     );
-    one_error(
+    holder_error(
         "network = \"service:net\"\nports = [\"9000:9000\"]",
         "",
         "9000:9000",
         10,
         "services.bot.ports: a service in net's network namespace publishes no ports of its own: publish them on net",
     );
-    one_error(
+    holder_error(
         "network = \"service:net\"",
         "network = \"service:redis\"",
         "service:net",
         11,
         "services.bot.network: net is in another service's network namespace itself: join that one",
     );
-    one_error(
+    holder_error(
         "network = \"service:net\"",
         "depends_on = [\"bot\"]",
         "service:net",
@@ -991,46 +994,36 @@ fn a_holder_answers_to_the_name_of_the_service_in_its_namespace() {
         before.services["bot"].spec_hash()
     );
 
-    let one_error = |line: &str, net_line: &str, at: &str, col: usize, message: &str| {
-        let src = with_holder(line, net_line);
-        let errs = errors(&src);
-        let l = line_of(&src, at);
-        assert!(
-            errs.iter()
-                .any(|e| e.starts_with(&format!("b.toml:{l}:{col}: {message}"))),
-            "{errs:?}"
-        );
-    };
     // The bot is not in net's namespace: "bot" would name two addresses.
-    one_error(
+    holder_error(
         "",
         "aliases = [\"bot\"]",
         "aliases",
         12,
         "services.net.aliases: \"bot\" is the name of service bot, which is not in net's network namespace",
     );
-    one_error(
+    holder_error(
         "network = \"service:net\"\naliases = [\"b\"]",
         "",
         "\"b\"",
         12,
         "services.bot.aliases: a service in net's network namespace has no address of its own: give net the alias",
     );
-    one_error(
+    holder_error(
         "",
         "aliases = [\"Bad Name\"]",
         "Bad Name",
         12,
         "services.net.aliases: \"Bad Name\" is not a valid name",
     );
-    one_error(
+    holder_error(
         "",
         "aliases = [\"net\"]",
         "aliases = [\"net\"]",
         12,
         "services.net.aliases: \"net\" is already a name of net",
     );
-    one_error(
+    holder_error(
         "",
         "aliases = [\"tgtg-bot\"]",
         "tgtg-bot",

@@ -21,9 +21,28 @@ fn ok(out: std::process::Output) -> String {
 #[test]
 fn stop_holds_the_bot_down_through_a_berth_crash_start_and_restart_bring_it_back() {
     let stack = Stack::new("ops");
-    stack.write_config(&stack.demo_config("berth-demo/bot:1"));
+    // The bot in bot-net's network namespace, as config/demo.toml has it.
+    stack.write_config(&stack.demo_config("berth-demo/bot:1").replace(
+        "[services.bot]\n",
+        "[services.bot-net]\nimage = \"berth-demo/pause:1\"\n\n[services.bot]\nnetwork = \"service:bot-net\"\n",
+    ));
     let mut d = stack.start();
     d.wait_healthy(UP);
+
+    // The bot's holder goes down only after the bot.
+    let refused = stack.berth(&["stop", "bot-net"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("bot is in bot-net's network namespace: berth stop bot first"),
+        "{said}"
+    );
+    assert_eq!(stack.running("bot-net"), 1);
+    assert_eq!(stack.running("bot"), 1);
 
     let said = ok(stack.berth(&["stop", "bot"]));
     assert!(said.contains("bot held down"), "{said}");
@@ -46,9 +65,13 @@ fn stop_holds_the_bot_down_through_a_berth_crash_start_and_restart_bring_it_back
     assert_eq!(stack.running("bot"), 0, "held through berth's restart");
     assert!(!d.logs().contains("panicked"));
 
+    // Now the holder may go too; starting the bot starts it again.
+    ok(stack.berth(&["stop", "bot-net"]));
+    assert_eq!(stack.running("bot-net"), 0);
     let said = ok(stack.berth(&["start", "bot"]));
     assert!(said.contains("healthy"), "{said}");
     assert_eq!(stack.running("bot"), 1);
+    assert_eq!(stack.running("bot-net"), 1);
     let health = d.wait_healthy(UP);
     assert!(health["services"]["bot"].get("held").is_none(), "{health}");
 

@@ -159,7 +159,7 @@ impl Deployer {
         // The services in a holder's namespace before the holder.
         kept.sort_by_key(|s| cfg.services.get(s).is_none_or(|x| x.network_of.is_none()));
         for service in kept {
-            if !self.hub.config().services.contains_key(&service) {
+            if !cfg.services.contains_key(&service) {
                 continue;
             }
             if let Err(e) = self.stop_kept(&service).await {
@@ -186,7 +186,7 @@ impl Deployer {
             bail!("a deploy or change of {service} is under way");
         };
         let cfg = self.hub.config();
-        let network_of = service_config(&cfg, service)?.network_of;
+        let svc = service_config(&cfg, service)?;
         {
             // Decided under the writers' lock, so that a `stop` of the holder cannot slip
             // in between the check and the release.
@@ -203,22 +203,20 @@ impl Deployer {
                 );
             }
             // The service and, if it is held down too, the holder of its namespace.
-            let holder = network_of.filter(|h| kept.contains(h));
+            let holder = svc.network_of.clone().filter(|h| kept.contains(h));
             let holder_lock = holder.as_ref().map(|h| self.service_lock(h));
-            let _holders = match &holder_lock {
-                Some(l) => Some(l.try_lock().map_err(|_| {
+            let _holders =
+                (holder_lock.as_ref().map(|l| l.try_lock()).transpose()).map_err(|_| {
                     anyhow::anyhow!(
                         "a change of {} is under way",
-                        holder.as_deref().unwrap_or("")
+                        holder.as_deref().unwrap_or_default()
                     )
-                })?),
-                None => None,
-            };
+                })?;
             let release: Vec<&str> = (holder.iter().map(String::as_str))
                 .chain(kept.contains(service).then_some(service))
                 .collect();
             if !release.is_empty() {
-                let mut rest = kept.clone();
+                let mut rest = kept;
                 for r in &release {
                     rest.remove(*r);
                 }
@@ -234,15 +232,12 @@ impl Deployer {
                     if let Some(rs) = self.restarter.get() {
                         rs.forget(r).await;
                     }
-                }
-                for r in &release {
                     self.hub.release(r);
                     info!(service = r, "released: starting it");
                 }
             }
         }
         drop(one);
-        let svc = service_config(&self.hub.config(), service)?;
         let wait = svc
             .probe
             .as_ref()

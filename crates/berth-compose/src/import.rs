@@ -167,7 +167,7 @@ pub fn import(input: &Input<'_>) -> Result<Imported, ImportError> {
     for (name, svc) in services {
         let Some(name) = name.as_str() else { continue };
         // Written into TOML as a table name: only what berth accepts as a service name.
-        if !is_name(name) {
+        if !berth_config::is_name(name) {
             cx.note(format!(
                 "services.{name:?}: not a name berth accepts (lowercase letters, digits, '-' and '_'): left out"
             ));
@@ -564,7 +564,7 @@ impl Cx<'_> {
         {
             let why = if a == name || aliases.contains(&a) {
                 continue;
-            } else if !is_name(&a) {
+            } else if !berth_config::is_name(&a) {
                 "not a name berth accepts (lowercase letters, digits, '-' and '_')".to_string()
             } else if names.contains(&a) && self.holders.get(&a).map(String::as_str) != Some(name) {
                 format!("the name of service {a}, which is not in {name}'s network namespace")
@@ -983,13 +983,6 @@ fn sanitize_project(p: &str) -> String {
         .collect();
     let s = s.trim_matches('-').to_string();
     if s.is_empty() { "berth".into() } else { s }
-}
-
-/// What berth accepts as a service name or an alias.
-fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 fn scalar(v: &Value) -> Option<String> {

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 pub use env::{parse_env_file, variables};
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
+pub use validate::is_name;
 
 /// Where the config is when `-c` is not given: `$BERTH_CONFIG`, then this.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/berth.toml";

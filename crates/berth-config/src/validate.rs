@@ -394,7 +394,9 @@ fn read_env_file(cx: &mut Ctx<'_>, key: &S<String>, p: &Path) {
     }
 }
 
-fn is_name(s: &str) -> bool {
+/// A service, project or alias name: lowercase letters, digits, `-` and `_`, starting
+/// with a letter or digit (what compose import must write, too).
+pub fn is_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
